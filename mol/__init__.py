@@ -1,0 +1,47 @@
+"""Mango: combine Hugging Face transformer language models by fusion, MoE assembly or merging.
+
+The public API is re-exported here; everything else lives in private modules. Engines are
+folders: ``mol.arch`` (what a model is), ``mol.io`` (loading and saving), ``mol.zoo`` (the
+small models built from Python's own text), ``mol.eval``, ``mol.training``.
+"""
+
+from mol._errors import (
+    CheckpointMismatchError,
+    ConfigError,
+    CorruptCheckpointError,
+    ModelNotFoundError,
+    MolError,
+    UnsafeCheckpointError,
+    UnsupportedArchitectureError,
+)
+from mol.arch import ArchitectureInfo, RopeInfo, UniversalArchitectureHandler, detect_architecture
+from mol.io import (
+    LazyCheckpoint,
+    atomic_output_dir,
+    load_causal_lm,
+    load_model_safe,
+    load_tokenizer,
+    save_model_safe,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchitectureInfo",
+    "CheckpointMismatchError",
+    "ConfigError",
+    "CorruptCheckpointError",
+    "LazyCheckpoint",
+    "ModelNotFoundError",
+    "MolError",
+    "RopeInfo",
+    "UnsafeCheckpointError",
+    "UniversalArchitectureHandler",
+    "UnsupportedArchitectureError",
+    "atomic_output_dir",
+    "detect_architecture",
+    "load_causal_lm",
+    "load_model_safe",
+    "load_tokenizer",
+    "save_model_safe",
+]

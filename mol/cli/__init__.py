@@ -1,0 +1,1 @@
+"""Command-line front ends (``mol``, ``mol-merge``): thin layers over the Python API."""

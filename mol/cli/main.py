@@ -1,0 +1,102 @@
+"""``mol``: the umbrella command (demo, zoo, inspect)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from mol.cli._common import fail_cleanly, quiet_option, setup_output
+from mol.zoo import ZOO_SIZES
+
+_sizes = click.Choice(list(ZOO_SIZES))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Mango: fuse, assemble and merge transformer language models."""
+
+
+@cli.command()
+@click.option("--size", type=_sizes, default="demo", show_default=True, help="Zoo size.")
+@quiet_option
+@fail_cleanly
+def demo(size: str, quiet: bool) -> None:
+    """Build (or reuse) the zoo and print held-out perplexity per model and domain."""
+    from mol._demo import format_table, run_demo
+
+    setup_output(quiet)
+    zoo, rows = run_demo(size)
+    click.echo(f"zoo: {zoo.root}")
+    click.echo(format_table(rows))
+
+
+@cli.group()
+def zoo() -> None:
+    """The small models built from Python's own text."""
+
+
+@zoo.command("build")
+@click.option("--size", type=_sizes, default="demo", show_default=True)
+@click.option("--force", is_flag=True, help="Rebuild even if a matching cache exists.")
+@quiet_option
+@fail_cleanly
+def zoo_build(size: str, force: bool, quiet: bool) -> None:
+    """Build the zoo into the cache (MOL_CACHE or ~/.cache/mol), or reuse it."""
+    from mol.zoo import build_zoo
+
+    setup_output(quiet)
+    built = build_zoo(size, force=force)
+    click.echo(f"{size} zoo ready at {built.root} (built in {built.manifest['build_seconds']} s)")
+
+
+@zoo.command("list")
+@click.option("--size", type=_sizes, default="demo", show_default=True)
+@fail_cleanly
+def zoo_list(size: str) -> None:
+    """Show the zoo's models, their paths and held-out perplexities."""
+    from mol.zoo import DOMAINS, load_zoo, zoo_dir
+
+    setup_output(quiet=True)
+    built = load_zoo(size)
+    if built is None:
+        raise click.ClickException(
+            f"the {size} zoo is not built at {zoo_dir(size)}; run: mol zoo build --size {size}"
+        )
+    click.echo(f"| model | arch | {' | '.join(f'{d} ppl' for d in DOMAINS)} | path |")
+    click.echo("|---|---|" + "---|" * len(DOMAINS) + "---|")
+    for name in built.model_names:
+        ppl = " | ".join(f"{built.perplexity(name, d):.2f}" for d in DOMAINS)
+        click.echo(
+            f"| {name} | {built.manifest['models'][name]['arch']} | {ppl} | {built.path(name)} |"
+        )
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
+@click.option("--json", "as_json", is_flag=True, help="Print the ArchitectureInfo as JSON.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code.")
+@fail_cleanly
+def inspect(model: str, revision: str | None, as_json: bool, trust_remote_code: bool) -> None:
+    """Detect MODEL's architecture (hub id or local path) from its config.json alone."""
+    from mol.arch import detect_architecture
+
+    setup_output(quiet=True)
+    info = detect_architecture(model, revision=revision, trust_remote_code=trust_remote_code)
+    data = info.to_dict()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    width = max(map(len, data))
+    for key, value in data.items():
+        click.echo(f"{key:<{width}}  {value}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="mol")
+
+
+if __name__ == "__main__":
+    main()

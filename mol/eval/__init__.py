@@ -1,0 +1,5 @@
+"""Evaluation: held-out perplexity (routing statistics and plots come with fusion)."""
+
+from mol.eval.perplexity import perplexity
+
+__all__ = ["perplexity"]
