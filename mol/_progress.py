@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -35,7 +36,13 @@ def progress(
     unit: str = "it",
     **kwargs,
 ) -> tqdm:
-    """A tqdm bar (disabled when quiet). Usable as an iterator or with ``.update(n)``."""
+    """A tqdm bar (disabled when quiet). Usable as an iterator or with ``.update(n)``.
+
+    When stderr is not a terminal (CI logs, pipes) the bar redraws at most every 15 seconds
+    instead of on every step, so logs stay readable.
+    """
+    if not sys.stderr.isatty():
+        kwargs.setdefault("mininterval", 15.0)
     return tqdm(
         iterable, desc=desc, total=total, unit=unit, disable=is_quiet(), leave=False, **kwargs
     )

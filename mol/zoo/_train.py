@@ -97,6 +97,6 @@ def train_lm(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
     return loss.item()
