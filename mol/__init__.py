@@ -23,10 +23,42 @@ from mol.io import (
     load_tokenizer,
     save_model_safe,
 )
+from mol.merge import (
+    BreadcrumbsMerge,
+    BreadcrumbsTiesMerge,
+    DareLinearMerge,
+    DareTiesMerge,
+    LinearMerge,
+    MergeConfig,
+    ModelStockMerge,
+    MultiSlerpMerge,
+    NuSlerpMerge,
+    PassthroughMerge,
+    SlerpMerge,
+    TaskArithmeticMerge,
+    TiesMerge,
+    load_merge_config,
+    run_merge,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BreadcrumbsMerge",
+    "BreadcrumbsTiesMerge",
+    "DareLinearMerge",
+    "DareTiesMerge",
+    "LinearMerge",
+    "MergeConfig",
+    "ModelStockMerge",
+    "MultiSlerpMerge",
+    "NuSlerpMerge",
+    "PassthroughMerge",
+    "SlerpMerge",
+    "TaskArithmeticMerge",
+    "TiesMerge",
+    "load_merge_config",
+    "run_merge",
     "ArchitectureInfo",
     "CheckpointMismatchError",
     "ConfigError",

@@ -6,6 +6,7 @@
   no remote code unless the caller opts in.
 - :func:`save_model_safe`, :func:`load_model_safe`: one module <-> one safetensors file with
   JSON metadata.
+- :class:`ShardedSafetensorsWriter`: stream planned tensors into sharded safetensors.
 - :func:`atomic_output_dir`: build an output directory beside its target, rename on success.
 
 Pickle (``torch.load``) is refused unless ``allow_pickle=True``, and even then only tensors are
@@ -18,11 +19,14 @@ from mol.io._hf import load_causal_lm, load_tokenizer
 from mol.io._lazy import LazyCheckpoint
 from mol.io._resolve import DEFAULT_ALLOW_PATTERNS, resolve_model_dir
 from mol.io._safe import load_model_safe, save_model_safe
+from mol.io._write import PlannedTensor, ShardedSafetensorsWriter
 
 __all__ = [
     "DEFAULT_ALLOW_PATTERNS",
     "CheckpointMismatchError",
     "LazyCheckpoint",
+    "PlannedTensor",
+    "ShardedSafetensorsWriter",
     "atomic_output_dir",
     "load_causal_lm",
     "load_model_safe",

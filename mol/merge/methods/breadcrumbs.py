@@ -1,0 +1,65 @@
+"""Model Breadcrumbs: drop the smallest and the outlier-largest task-vector entries, then add.
+
+Davari & Belilovsky 2023, "Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse
+Masks", https://arxiv.org/abs/2312.06795.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mol.merge.methods._registry import MethodSpec, register
+from mol.merge.methods._sparsify import magnitude_outliers
+from mol.merge.methods._task_arithmetic import (
+    generalized_task_arithmetic,
+    pop_lambda,
+    task_arithmetic_params,
+)
+
+__all__ = ["breadcrumbs"]
+
+
+def breadcrumbs(
+    tensors: Sequence[torch.Tensor],
+    *,
+    base_index: int | None,
+    generator: torch.Generator | None,
+    weight: Sequence[float],
+    density: Sequence[float],
+    gamma: Sequence[float],
+    normalize: bool,
+    rescale: bool,
+    int8_mask: bool,
+    **params: Any,
+) -> torch.Tensor:
+    """Merge ``(M + 1)`` tensors of shape ``S`` (base at ``base_index``) into one ``S`` tensor.
+
+    Each delta drops its ``int(gamma_i * N)`` largest magnitudes and keeps the next
+    ``int(density_i * N)`` (see ``_sparsify.magnitude_outliers``); the weighted deltas are
+    summed as in task arithmetic. ``int8_mask`` has no effect. ``lambda`` arrives in ``params``.
+    """
+    return generalized_task_arithmetic(
+        "breadcrumbs",
+        tensors,
+        base_index=base_index,
+        weight=weight,
+        sparsify=lambda delta, i: magnitude_outliers(delta, density[i], rescale, gamma[i]),
+        consensus=False,
+        normalize=normalize,
+        lambda_=pop_lambda("breadcrumbs", params),
+        per_non_base={"density": density, "gamma": gamma},
+    )
+
+
+SPEC = register(
+    MethodSpec(
+        name="breadcrumbs",
+        fn=breadcrumbs,
+        params=task_arithmetic_params(normalize=False, rescale=False, gamma=True),
+        base="required",
+        reference="Davari & Belilovsky 2023, https://arxiv.org/abs/2312.06795",
+    )
+)
