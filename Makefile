@@ -8,7 +8,7 @@ EXTRAS ?= dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mol-installed-$(EXTRAS)
 
-.PHONY: install demo test test-slow lint
+.PHONY: install demo test test-ref test-slow lint
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ demo: install
 	$(BIN)/mol demo
 
 test: install
+	$(BIN)/python -m pytest
+
+# The suite again with mergekit installed (the `bench` extra): the differential tests against
+# mergekit run instead of being skipped. CI runs it as a separate step.
+test-ref:
+	$(MAKE) install EXTRAS=dev,bench
 	$(BIN)/python -m pytest
 
 # Slow tier: builds the full demo zoo and checks it. CI runs it as a separate step.

@@ -14,18 +14,24 @@ tokenizer copying off: the checkpoints have no tokenizer.
 
 from __future__ import annotations
 
+import json
+import random
 import shutil
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 pytest.importorskip("mergekit")
 
-from mergekit.config import MergeConfiguration as MKMergeConfiguration  # noqa: E402
-from mergekit.merge import run_merge as mk_run_merge  # noqa: E402
-from mergekit.options import MergeOptions as MKMergeOptions  # noqa: E402
+with warnings.catch_warnings():  # mergekit's lazy_unpickle imports numpy.core
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from mergekit.config import MergeConfiguration as MKMergeConfiguration
+    from mergekit.merge import run_merge as mk_run_merge
+    from mergekit.options import MergeOptions as MKMergeOptions
 from safetensors import safe_open  # noqa: E402
 
 from mol.merge import MergeOptions, load_merge_config, run_merge  # noqa: E402
@@ -87,6 +93,12 @@ CASES = {
             m, ("e1", {"weight": 0.3}), ("e2", {"weight": 0.9}), ("e3", {"weight": 0.5})
         ),
         "dtype": "float32",
+    },
+    "linear_out_dtype_bfloat16": lambda m, n: {
+        "merge_method": "linear",
+        "models": _models(m, ("e1", {"weight": 0.25}), ("e2", {"weight": 0.75})),
+        "dtype": "float32",
+        "out_dtype": "bfloat16",
     },
     "linear_no_normalize": lambda m, n: {
         "merge_method": "linear",
@@ -192,7 +204,10 @@ CASES = {
         ),
         "parameters": {"normalize": True},
     },
-    "breadcrumbs": _gta("breadcrumbs", density=0.8, gamma=0.05),
+    # gamma 0.1, not 0.05: with 0.05 the llama e2 delta of model.norm.weight has two equal
+    # magnitudes (entries 22 and 31) at the lower boundary (ranks 5 and 6, bot = 6), where
+    # mergekit's unstable argsort and our stable tie-break (_sparsify.py) legitimately differ.
+    "breadcrumbs": _gta("breadcrumbs", density=0.8, gamma=0.1),
     "breadcrumbs_ties": _gta("breadcrumbs_ties", density=0.7, gamma=0.1),
     "model_stock": lambda m, n: {
         "merge_method": "model_stock",
@@ -269,10 +284,6 @@ CASES = {
     "della_linear_density_1": _gta("della_linear", density=1.0, epsilon=0.1),
 }
 
-# Known discrepancies (our bugs), as {(family, case): reason}; see the module's report.
-XFAIL: dict[tuple[str, str], str] = {}
-
-
 # --- fixtures ------------------------------------------------------------------------------
 
 
@@ -310,9 +321,17 @@ def merged(families, tmp_path_factory):
 
 
 def run_mergekit(text: str, out: Path, **options) -> Path:
+    """mergekit's merge of YAML ``text``; its ``random_seed`` reseeds every global RNG, so
+    their states are restored afterwards."""
     config = MKMergeConfiguration.model_validate(yaml.safe_load(text))
     opts = MKMergeOptions(copy_tokenizer=False, quiet=True, lazy_unpickle=False, **options)
-    mk_run_merge(config, str(out), opts)
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            mk_run_merge(config, str(out), opts)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
     return out
 
 
@@ -338,9 +357,13 @@ def assert_same_tensors(ours: dict, theirs: dict, tol: float = TOL) -> None:
         a, b = ours[name], theirs[name]
         assert a.shape == b.shape, (name, a.shape, b.shape)
         assert a.dtype == b.dtype, (name, a.dtype, b.dtype)
-        diff = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
-        if not diff <= tol:
-            bad.append(f"{name}: max abs diff {diff:.3g}")
+        # Low-precision outputs: both round the same float32 result, which may differ by
+        # 1e-7 and so round to neighbouring values (one unit in the last place apart).
+        rtol = 0.0 if a.dtype == torch.float32 else torch.finfo(a.dtype).eps
+        diff = (a.double() - b.double()).abs() - rtol * b.double().abs()
+        worst = diff.max().item() if a.numel() else 0.0
+        if not worst <= tol:
+            bad.append(f"{name}: max abs diff {worst:.3g}")
     assert not bad, "tensors differ:\n" + "\n".join(bad)
 
 
@@ -353,16 +376,10 @@ def hf_config(path: Path):
 # --- tensor-by-tensor agreement ------------------------------------------------------------
 
 
-def _case_params():
-    for fam in FAMILIES:
-        for case in CASES:
-            marks = []
-            if (fam, case) in XFAIL:
-                marks.append(pytest.mark.xfail(strict=True, reason=XFAIL[fam, case]))
-            yield pytest.param(fam, case, id=f"{fam}-{case}", marks=marks)
-
-
-@pytest.mark.parametrize(("fam", "case"), list(_case_params()))
+@pytest.mark.parametrize(
+    ("fam", "case"),
+    [pytest.param(fam, case, id=f"{fam}-{case}") for fam in FAMILIES for case in CASES],
+)
 def test_same_tensors_as_mergekit(merged, fam, case):
     ours, theirs = merged(fam, case)
     assert_same_tensors(load_tensors(ours), load_tensors(theirs))
@@ -378,6 +395,46 @@ def test_same_config_json_as_mergekit(merged, fam, case):
     if case == "passthrough_slices":
         n = NUM_LAYERS[fam]
         assert a.num_hidden_layers == 2 * (n - 1)
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_sharded_output_has_the_same_tensors(families, merged, tmp_path, fam):
+    """Our shards (a few KB each) hold exactly mergekit's single-file tensors."""
+    text = yaml.safe_dump(CASES["ties"](families[fam], NUM_LAYERS[fam]))
+    out = tmp_path / "sharded"
+    run_merge(load_merge_config(text), out, MergeOptions(out_shard_size=20_000))
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(out.glob("*.safetensors"))
+    assert len(shards) > 3
+    assert sorted(set(index["weight_map"].values())) == [p.name for p in shards]
+    assert_same_tensors(load_tensors(out), load_tensors(merged(fam, "ties")[1]))
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+@pytest.mark.parametrize(
+    "case", ["ties_slices_density_gradient_filter", "slerp_slices_filter_gradient"]
+)
+def test_written_yaml_reads_as_the_same_mergekit_config(families, merged, fam, case):
+    ours, _ = merged(fam, case)
+    original = CASES[case](families[fam], NUM_LAYERS[fam])
+    written = yaml.safe_load((ours / "mergekit_config.yml").read_text())
+    a = MKMergeConfiguration.model_validate(written)
+    b = MKMergeConfiguration.model_validate(original)
+    assert a.model_dump() == b.model_dump()
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_cli_merges_a_yaml_file_like_mergekit(families, merged, tmp_path, fam):
+    from click.testing import CliRunner
+
+    from mol.cli.merge import cli
+
+    config = tmp_path / "merge.yml"
+    case = "ties_slices_density_gradient_filter"
+    config.write_text(yaml.safe_dump(CASES[case](families[fam], NUM_LAYERS[fam])))
+    result = CliRunner().invoke(cli, [str(config), str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert_same_tensors(load_tensors(tmp_path / "out"), load_tensors(merged(fam, case)[1]))
 
 
 @pytest.mark.parametrize("fam", FAMILIES)
@@ -476,9 +533,7 @@ def test_kept_fraction_is_about_density(families, merged, tmp_path, fam, method,
 
 @pytest.mark.parametrize("fam", FAMILIES)
 @pytest.mark.parametrize("method", ["dare_ties", "dare_linear", "della"])
-def test_randomised_merge_of_models_equal_to_base_matches_mergekit(
-    families, tmp_path, fam, method
-):
+def test_randomised_merge_of_models_equal_to_base_matches_mergekit(families, tmp_path, fam, method):
     """Task vectors of zero leave nothing to chance: both tools give the base exactly."""
     m = families[fam]
     config = {

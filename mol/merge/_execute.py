@@ -16,6 +16,7 @@ from mol._progress import progress
 from mol.io import PlannedTensor, ShardedSafetensorsWriter, atomic_output_dir
 from mol.merge._card import model_card
 from mol.merge._plan import MergeOptions, MergePlan, TensorTask, plan_merge
+from mol.merge._vocab import permute_rows
 from mol.merge.config import MergeConfiguration
 
 __all__ = ["MergeResult", "run_merge", "merge_in_memory", "compute_tensor", "write_merge"]
@@ -71,6 +72,8 @@ def compute_tensor(
         plan.checkpoints[m].get_tensor(n).to(device=device, dtype=plan.compute_dtype)
         for m, n in task.inputs
     ]
+    if task.vocab:
+        tensors = permute_rows(tensors, [m for m, _ in task.inputs], plan.vocab)
     if task.copy:
         out = tensors[0]
     else:
@@ -178,6 +181,8 @@ def write_model_files(plan: MergePlan, out_dir: Path, name: str) -> None:
     source = plan.models[plan.config_source]
     hf_config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     hf_config.num_hidden_layers = plan.num_layers
+    if plan.vocab is not None:
+        hf_config.vocab_size = plan.vocab.size
     out_dtypes = {t.out_dtype for t in plan.tasks if t.out_dtype.is_floating_point}
     if len(out_dtypes) == 1:
         hf_config.dtype = str(next(iter(out_dtypes))).removeprefix("torch.")
@@ -208,6 +213,9 @@ def write_model_files(plan: MergePlan, out_dir: Path, name: str) -> None:
 
 
 def _copy_tokenizer(plan: MergePlan, out_dir: Path) -> None:
+    if plan.vocab is not None:
+        plan.vocab.tokenizer.save_pretrained(out_dir)
+        return
     source = plan.config.tokenizer_source
     ref = plan.config_source if source in (None, "base") else source
     if ref not in plan.models:

@@ -24,6 +24,7 @@ from mol._errors import ConfigError, UnsupportedArchitectureError
 from mol.arch import ArchitectureInfo, detect_architecture
 from mol.io import LazyCheckpoint, resolve_model_dir
 from mol.merge._params import resolve_params, slice_base_model
+from mol.merge._vocab import VocabAlignment, build_alignment
 from mol.merge.config import MergeConfiguration
 from mol.merge.methods import MethodSpec, get_method
 
@@ -68,6 +69,7 @@ class TensorTask:
     out_dtype: torch.dtype
     layer: int | None = None
     copy: bool = False  # one input only (missing-tensor policy): copied unchanged
+    vocab: bool = False  # rows are tokens: permuted into the output vocabulary first
 
 
 @dataclass
@@ -83,6 +85,7 @@ class MergePlan:
     num_layers: int  # layers of the output model
     tasks: list[TensorTask] = field(default_factory=list)
     compute_dtype: torch.dtype = torch.float32
+    vocab: VocabAlignment | None = None  # set when tokenizer_source asks for alignment
 
     @property
     def num_bytes(self) -> int:
@@ -157,6 +160,13 @@ def plan_merge(config: MergeConfiguration, options: MergeOptions | None = None) 
             config_source,
             num_layers=sum(sl[0].end - sl[0].start for sl in slices),
             compute_dtype=compute,
+        )
+        plan.vocab = build_alignment(
+            config,
+            models,
+            config.base_model,
+            slices[0][0].model,
+            trust_remote_code=options.trust_remote_code,
         )
         _plan_tensors(plan, slices, archs)
     except BaseException:
@@ -283,17 +293,31 @@ def _add_task(
                 f"(present in {', '.join(m for m, _ in present) or 'no model'})"
             )
     shapes = {m: plan.checkpoints[m].shape(n) for m, n in inputs}
-    if len(set(shapes.values())) > 1:
+    vocab_names = {f"{p}.weight" for p in (plan.arch.embedding_path, plan.arch.lm_head_path) if p}
+    is_vocab = out_name in vocab_names and plan.vocab is not None
+    compared = {m: s[1:] for m, s in shapes.items()} if is_vocab else shapes
+    if len(set(compared.values())) > 1:
         listing = ", ".join(f"{m}: {list(s)}" for m, s in shapes.items())
-        raise UnsupportedArchitectureError(f"tensor {out_name!r} has different shapes: {listing}")
+        hint = ""
+        if out_name in vocab_names and len({s[1:] for s in shapes.values()}) == 1:
+            hint = (
+                "; the vocabularies differ: set tokenizer_source (base, union or a model) "
+                "to align them"
+            )
+        raise UnsupportedArchitectureError(
+            f"tensor {out_name!r} has different shapes: {listing}{hint}"
+        )
     models = [m for m, _ in inputs]
     base_index = models.index(base) if base in models and method.base != "ignored" else None
     copy = len(inputs) == 1 and len(sources) > 1
     params = {} if copy else _params(plan, out_name, inputs, base_index, slice_index, t)
     out_dtype = _out_dtype(plan, inputs[0])
+    shape = shapes[models[0]]
+    if is_vocab:
+        shape = (plan.vocab.size, *shape[1:])
     plan.tasks.append(
         TensorTask(
-            out_name, tuple(inputs), base_index, params, shapes[models[0]], out_dtype, layer, copy
+            out_name, tuple(inputs), base_index, params, shape, out_dtype, layer, copy, is_vocab
         )
     )
 
