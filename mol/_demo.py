@@ -1,11 +1,15 @@
-"""The main job: build (or reuse) the zoo and report held-out perplexity for every model.
+"""The main job: build (or reuse) the zoo, merge its experts, report held-out perplexity.
 
-Later engines (merging, fusion, MoE) add their rows here; the CLI's ``mol demo`` only prints.
+Rows: the zoo's models (reloaded from disk), then merges of the two experts made with the
+real ``mol-merge`` pipeline (written to ``out/merges/<name>`` and reloaded). Later engines
+(fusion, MoE) add their rows here; the CLI's ``mol demo`` only prints and saves.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import AutoModelForCausalLM
 
@@ -30,16 +34,58 @@ class DemoRow:
         return {"name": self.name, "kind": self.kind, "ppl": dict(self.ppl)}
 
 
-def run_demo(size: str = "demo") -> tuple[Zoo, list[DemoRow]]:
-    """Build or reuse the zoo, reload every model from disk and measure held-out perplexity.
+def demo_merges(zoo: Zoo) -> dict[str, dict]:
+    """The merges the demo makes of the zoo's two experts (mergekit YAML as dicts)."""
+    base, code, prose = (str(zoo.path(n)) for n in ("base", "expert-code", "expert-prose"))
+    return {
+        "linear": {
+            "merge_method": "linear",
+            "models": [
+                {"model": code, "parameters": {"weight": 0.5}},
+                {"model": prose, "parameters": {"weight": 0.5}},
+            ],
+        },
+        "slerp": {
+            "merge_method": "slerp",
+            "base_model": code,
+            "parameters": {"t": 0.5},
+            "models": [{"model": code}, {"model": prose}],
+        },
+        "task_arithmetic": {
+            "merge_method": "task_arithmetic",
+            "base_model": base,
+            "models": [
+                {"model": code, "parameters": {"weight": 1.0}},
+                {"model": prose, "parameters": {"weight": 1.0}},
+            ],
+        },
+        "ties": {
+            "merge_method": "ties",
+            "base_model": base,
+            "models": [
+                {"model": code, "parameters": {"weight": 1.0, "density": 0.5}},
+                {"model": prose, "parameters": {"weight": 1.0, "density": 0.5}},
+            ],
+        },
+    }
 
-    Reloading checks that what the zoo saved is what it measured: each value must match the
-    manifest's build-time figure (they are the same weights and the same text).
+
+def run_demo(size: str = "demo", out: str | Path = "mol-demo") -> tuple[Zoo, list[DemoRow]]:
+    """Build or reuse the zoo, merge its experts, measure every model's held-out perplexity.
+
+    Zoo models are reloaded from disk, and each value must match the manifest's build-time
+    figure (same weights, same text). Merges are written to ``out/merges/<method>`` by the
+    streaming merge engine and loaded back with stock transformers. The table is saved as
+    ``out/results.json`` (``{"rows": [{"name", "kind", "ppl": {domain: float}}]}``) and
+    ``out/results.md``.
 
     Raises:
-        RuntimeError: a reloaded model's perplexity differs from the build-time figure.
+        RuntimeError: a reloaded zoo model's perplexity differs from the build-time figure.
     """
+    from mol.merge import MergeOptions, load_merge_config, run_merge
+
     zoo = build_zoo(size)
+    out = Path(out)
     blocks = {d: zoo.held_out_blocks(d) for d in DOMAINS}
     rows = []
     for name in zoo.model_names:
@@ -54,6 +100,19 @@ def run_demo(size: str = "demo") -> tuple[Zoo, list[DemoRow]]:
                     f"{row.ppl[domain]:.4f} on {domain}, but {expected:.4f} was measured at build"
                 )
         rows.append(row)
+    for method, raw in demo_merges(zoo).items():
+        path = out / "merges" / method
+        run_merge(load_merge_config(raw), path, MergeOptions(overwrite=True))
+        model = AutoModelForCausalLM.from_pretrained(path)
+        rows.append(
+            DemoRow(
+                f"merge-{method}",
+                "merge",
+                {d: perplexity(model, blocks[d], desc=f"merge-{method} on {d}") for d in DOMAINS},
+            )
+        )
+    (out / "results.json").write_text(json.dumps({"rows": [r.to_dict() for r in rows]}, indent=2))
+    (out / "results.md").write_text(format_table(rows) + "\n")
     return zoo, rows
 
 

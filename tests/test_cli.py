@@ -35,9 +35,20 @@ def test_zoo_build_and_list(micro_zoo):
         assert f"{micro_zoo.perplexity(name, 'code'):.2f}" in line
 
 
-def test_demo_prints_the_perplexity_table(micro_zoo):
-    code, out = _run("demo", "--size", "micro", "--quiet")
+def test_demo_prints_the_perplexity_table(micro_zoo, tmp_path):
+    code, out = _run("demo", "--size", "micro", "--quiet", "--out", str(tmp_path))
     assert code == 0, out
+    saved = json.loads((tmp_path / "results.json").read_text())["rows"]
+    names = [r["name"] for r in saved]
+    assert names == [*micro_zoo.model_names, "merge-linear", "merge-slerp",
+                     "merge-task_arithmetic", "merge-ties"]
+    assert {r["kind"] for r in saved} == {"base", "expert", "merge"}
+    for r in saved:  # the printed table is the saved one
+        row = next(line for line in out.splitlines() if line.startswith(f"| {r['name']} |"))
+        assert f"{r['ppl']['code']:.2f} | {r['ppl']['prose']:.2f}" in row
+    # each merge was written by the merge engine as an ordinary model directory
+    for method in ("linear", "slerp", "task_arithmetic", "ties"):
+        assert (tmp_path / "merges" / method / "model.safetensors").is_file()
     for name in micro_zoo.model_names:
         row = next(line for line in out.splitlines() if line.startswith(f"| {name} |"))
         numbers = [float(x) for x in re.findall(r"\d+\.\d+", row)]

@@ -226,3 +226,14 @@ def test_existing_output_needs_overwrite(llamas, tmp_path):
         run_merge(load_merge_config(raw), out)
     run_merge(load_merge_config(raw), out, MergeOptions(overwrite=True))
     assert (out / "model.safetensors").is_file()
+
+
+def test_demo_linear_merge_matches_a_hand_average(micro_zoo, tmp_path):
+    from mol._demo import demo_merges
+
+    raw = demo_merges(micro_zoo)["linear"]
+    out = _merge(tmp_path, raw)
+    a, b = _weights(micro_zoo.path("expert-code")), _weights(micro_zoo.path("expert-prose"))
+    got = _weights(out)
+    for k in a:
+        torch.testing.assert_close(got[k], (a[k] + b[k]) / 2, rtol=0, atol=1e-6)

@@ -143,7 +143,8 @@ DENSITIES = [-0.2, 0.0, 0.001, 0.3, 0.5, 0.9, 0.999, 1.0, 1.3]
 def test_magnitude_matches(shape, rescale):
     x = distinct_values(shape, seed=1)
     norm = mk_sparsify.RescaleNorm.l1 if rescale else None
-    for density in DENSITIES:
+    # mergekit sorts the whole tensor each time: fewer settings for the large shape
+    for density in DENSITIES if x.numel() < 10_000 else [0.001, 0.5, 0.9]:
         expected = mk_sparsify.magnitude(x, density, rescale_norm=norm)
         assert_close(sparsify.magnitude(x, density, rescale), expected)
 
@@ -155,8 +156,8 @@ def test_magnitude_outliers_matches(shape, rescale):
     norm = mk_sparsify.RescaleNorm.l1 if rescale else None
     # mergekit sorts the whole tensor each time: fewer settings for the large shape
     small = x.numel() < 10_000
-    densities = DENSITIES if small else [0.001, 0.5, 0.9]
-    gammas = [0.0, 0.01, 0.1, 0.5] if small else [0.01, 0.1]
+    densities = DENSITIES if small else [0.5, 0.9]
+    gammas = [0.0, 0.01, 0.1, 0.5] if small else [0.05]
     for density, gamma in itertools.product(densities, gammas):
         expected = mk_sparsify.magnitude_outliers(x, density, rescale_norm=norm, gamma=gamma)
         assert_close(sparsify.magnitude_outliers(x, density, rescale, gamma), expected)

@@ -19,16 +19,24 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--size", type=_sizes, default="demo", show_default=True, help="Zoo size.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="mol-demo",
+    show_default=True,
+    help="Where merges and results.json / results.md go.",
+)
 @quiet_option
 @fail_cleanly
-def demo(size: str, quiet: bool) -> None:
-    """Build (or reuse) the zoo and print held-out perplexity per model and domain."""
+def demo(size: str, out: str, quiet: bool) -> None:
+    """Build (or reuse) the zoo, merge its experts, print held-out perplexity per domain."""
     from mol._demo import format_table, run_demo
 
     setup_output(quiet)
-    zoo, rows = run_demo(size)
+    zoo, rows = run_demo(size, out)
     click.echo(f"zoo: {zoo.root}")
     click.echo(format_table(rows))
+    click.echo(f"results: {out}/results.json, {out}/results.md")
 
 
 @cli.group()
