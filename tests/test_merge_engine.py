@@ -209,6 +209,8 @@ def test_problems_are_found_before_any_tensor_is_read(llamas, gpt2s, tmp_path, m
          UnsupportedArchitectureError, r"mlp.*different shapes"),
         ({"merge_method": "passthrough", "slices": [{"sources": [{"model": llamas["e1"], "layer_range": [2, 9]}]}]},
          ConfigError, r"layer_range \[2, 9\].*outside its 4 layers"),
+        ({"merge_method": "linear", "models": [{"model": llamas["e1"] + "+adapter", "parameters": {"weight": 1}}]},
+         ConfigError, r"LoRA references \(model\+lora\) are not supported"),
         ({"merge_method": "linear", "models": [{"model": str(tmp_path / "nope"), "parameters": {"weight": 1}},
                                                {"model": llamas["e1"], "parameters": {"weight": 1}}]},
          Exception, "nope"),

@@ -25,7 +25,7 @@ from mol.arch import ArchitectureInfo, detect_architecture
 from mol.io import LazyCheckpoint, resolve_model_dir
 from mol.merge._params import resolve_params, slice_base_model
 from mol.merge._vocab import VocabAlignment, build_alignment
-from mol.merge.config import MergeConfiguration
+from mol.merge.config import MergeConfiguration, parse_model_reference
 from mol.merge.methods import MethodSpec, get_method
 
 __all__ = ["MergeOptions", "TensorTask", "MergePlan", "plan_merge"]
@@ -135,7 +135,7 @@ def plan_merge(config: MergeConfiguration, options: MergeOptions | None = None) 
             + ([config.base_model] if config.base_model and method.base != "ignored" else [])
         )
     )
-    models = {ref: resolve_model_dir(ref, allow_pickle=options.allow_pickle) for ref in refs}
+    models = {ref: _resolve(ref, options) for ref in refs}
     archs = {
         ref: detect_architecture(path, trust_remote_code=options.trust_remote_code)
         for ref, path in models.items()
@@ -174,6 +174,19 @@ def plan_merge(config: MergeConfiguration, options: MergeOptions | None = None) 
             ckpt.close()
         raise
     return plan
+
+
+def _resolve(ref: str, options: MergeOptions) -> Path:
+    """A model reference (``path[@revision]``) -> its local directory."""
+    parsed = parse_model_reference(ref)
+    if parsed.lora_path is not None:
+        raise ConfigError(
+            f"model {ref!r}: LoRA references (model+lora) are not supported by "
+            "mol-merge; merge the adapter into the model first (peft merge_and_unload)"
+        )
+    return resolve_model_dir(
+        parsed.path, revision=parsed.revision, allow_pickle=options.allow_pickle
+    )
 
 
 def _normalised_slices(config: MergeConfiguration) -> list[list[_Source]]:
