@@ -9,9 +9,16 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 
 def llama_config(**overrides) -> LlamaConfig:
-    base = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=2, vocab_size=96, max_position_embeddings=64,
-                tie_word_embeddings=False)
+    base = dict(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=96,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
     return LlamaConfig(**{**base, **overrides})
 
 
@@ -20,8 +27,14 @@ def gpt2_config(**overrides) -> GPT2Config:
     return GPT2Config(**{**base, **overrides})
 
 
-def save_random(path: Path, config, seed: int, dtype=torch.float32, like: Path | None = None,
-                noise: float = 0.02) -> Path:
+def save_random(
+    path: Path,
+    config,
+    seed: int,
+    dtype=torch.float32,
+    like: Path | None = None,
+    noise: float = 0.02,
+) -> Path:
     """A random model; with ``like``, that model's weights plus seeded noise (a "fine-tune")."""
     torch.manual_seed(seed)
     cls = LlamaForCausalLM if config.model_type == "llama" else GPT2LMHeadModel
@@ -29,7 +42,9 @@ def save_random(path: Path, config, seed: int, dtype=torch.float32, like: Path |
     if like is not None:
         parent = cls.from_pretrained(like, dtype=torch.float32)
         with torch.no_grad():
-            for (_, p), (_, q) in zip(model.named_parameters(), parent.named_parameters(), strict=True):
+            for (_, p), (_, q) in zip(
+                model.named_parameters(), parent.named_parameters(), strict=True
+            ):
                 p.copy_(q + noise * torch.randn_like(q))
     model.to(dtype).save_pretrained(path)
     return path

@@ -40,8 +40,13 @@ def test_demo_prints_the_perplexity_table(micro_zoo, tmp_path):
     assert code == 0, out
     saved = json.loads((tmp_path / "results.json").read_text())["rows"]
     names = [r["name"] for r in saved]
-    assert names == [*micro_zoo.model_names, "merge-linear", "merge-slerp",
-                     "merge-task_arithmetic", "merge-ties"]
+    assert names == [
+        *micro_zoo.model_names,
+        "merge-linear",
+        "merge-slerp",
+        "merge-task_arithmetic",
+        "merge-ties",
+    ]
     assert {r["kind"] for r in saved} == {"base", "expert", "merge"}
     for r in saved:  # the printed table is the saved one
         row = next(line for line in out.splitlines() if line.startswith(f"| {r['name']} |"))

@@ -36,9 +36,16 @@ def _write(tmp_path, raw, name="config.yml"):
 
 
 def test_cli_merges_a_yaml_into_out(models, tmp_path):
-    cfg = _write(tmp_path, {"merge_method": "linear", "models": [
-        {"model": models["e1"], "parameters": {"weight": 1.0}},
-        {"model": models["e2"], "parameters": {"weight": 0.0}}]})
+    cfg = _write(
+        tmp_path,
+        {
+            "merge_method": "linear",
+            "models": [
+                {"model": models["e1"], "parameters": {"weight": 1.0}},
+                {"model": models["e2"], "parameters": {"weight": 0.0}},
+            ],
+        },
+    )
     code, out = _invoke(cfg, tmp_path / "out", "--quiet", "--out-shard-size", "10KB")
     assert code == 0, out
     assert "merged" in out and str(tmp_path / "out") in out
@@ -53,28 +60,43 @@ def test_cli_merges_a_yaml_into_out(models, tmp_path):
 
 
 def test_cli_typo_is_an_error_naming_the_key_and_nothing_is_written(models, tmp_path):
-    cfg = _write(tmp_path, f"""
+    cfg = _write(
+        tmp_path,
+        f"""
 merge_method: ties
-base_model: {models['base']}
+base_model: {models["base"]}
 models:
-  - model: {models['e1']}
+  - model: {models["e1"]}
     paramters:
       weight: 1.0
-""")
+""",
+    )
     code, out = _invoke(cfg, tmp_path / "out")
     assert code == 1
     assert "paramters" in out and "did you mean 'parameters'" in out
     assert not (tmp_path / "out").exists()
-    cfg = _write(tmp_path, {"merge_method": "ties", "base_model": models["base"], "models": [
-        {"model": models["e1"], "parameters": {"weight": 1.0, "densty": 0.5}}]})
+    cfg = _write(
+        tmp_path,
+        {
+            "merge_method": "ties",
+            "base_model": models["base"],
+            "models": [{"model": models["e1"], "parameters": {"weight": 1.0, "densty": 0.5}}],
+        },
+    )
     code, out = _invoke("validate", cfg)
     assert code == 1 and "densty" in out and "did you mean 'density'" in out
 
 
 def test_cli_validate_accepts_a_good_config(models, tmp_path):
-    cfg = _write(tmp_path, {"merge_method": "slerp", "base_model": models["e1"],
-                            "models": [{"model": models["e1"]}, {"model": models["e2"]}],
-                            "parameters": {"t": 0.3}})
+    cfg = _write(
+        tmp_path,
+        {
+            "merge_method": "slerp",
+            "base_model": models["e1"],
+            "models": [{"model": models["e1"]}, {"model": models["e2"]}],
+            "parameters": {"t": 0.3},
+        },
+    )
     code, out = _invoke("validate", cfg)
     assert code == 0, out
     assert "valid (slerp" in out
@@ -98,8 +120,12 @@ def test_cli_examples_are_valid_and_run(micro_zoo, tmp_path):
 def test_seed_api_slerp_as_written(models, tmp_path):
     from mol import MergeConfig, SlerpMerge
 
-    config = MergeConfig(method="slerp", models=[models["e1"], models["e2"]],
-                         parameters={"t": 0.0}, output_path=str(tmp_path / "merged"))
+    config = MergeConfig(
+        method="slerp",
+        models=[models["e1"], models["e2"]],
+        parameters={"t": 0.0},
+        output_path=str(tmp_path / "merged"),
+    )
     slerp = SlerpMerge(config)
     loaded = slerp.load_models()
     assert set(loaded) == {models["e1"], models["e2"]}
@@ -120,13 +146,22 @@ def test_seed_api_slerp_as_written(models, tmp_path):
 def test_seed_api_ties_and_linear_weights(models, tmp_path):
     from mol import LinearMerge, MergeConfig, TiesMerge
 
-    ties = TiesMerge(MergeConfig(method="ties", base_model=models["base"], models=[models["e1"]],
-                                 parameters={"density": 1.0, "normalize": True}))
+    ties = TiesMerge(
+        MergeConfig(
+            method="ties",
+            base_model=models["base"],
+            models=[models["e1"]],
+            parameters={"density": 1.0, "normalize": True},
+        )
+    )
     got, want = ties.merge().state_dict, _weights(models["e1"])
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)
-    lin = LinearMerge(MergeConfig(method="linear", models=[models["e1"], models["e2"]],
-                                  parameters={"weights": [3, 1]}))
+    lin = LinearMerge(
+        MergeConfig(
+            method="linear", models=[models["e1"], models["e2"]], parameters={"weights": [3, 1]}
+        )
+    )
     a, b, got = _weights(models["e1"]), _weights(models["e2"]), lin.merge().state_dict
     k = "model.layers.1.mlp.down_proj.weight"
     torch.testing.assert_close(got[k], (3 * a[k] + b[k]) / 4, rtol=0, atol=1e-6)
@@ -138,8 +173,11 @@ def test_seed_api_errors(models):
     with pytest.raises(ConfigError, match="LinearMerge runs method 'linear'"):
         LinearMerge(MergeConfig(method="slerp", models=[models["e1"], models["e2"]]))
     with pytest.raises(ConfigError, match="weights has 1 values for 2 models"):
-        LinearMerge(MergeConfig(method="linear", models=[models["e1"], models["e2"]],
-                                parameters={"weights": [1.0]}))
+        LinearMerge(
+            MergeConfig(
+                method="linear", models=[models["e1"], models["e2"]], parameters={"weights": [1.0]}
+            )
+        )
     with pytest.raises(ConfigError, match="no output_path"):
         lin = LinearMerge(MergeConfig(method="linear", models=[models["e1"]]))
         lin.save_merged_model(lin.merge())

@@ -40,8 +40,17 @@ def _w(path):
 
 
 def _linear(a, b, wa, wb, **extra):
-    return load_merge_config({"merge_method": "linear", "base_model": a, **extra, "models": [
-        {"model": a, "parameters": {"weight": wa}}, {"model": b, "parameters": {"weight": wb}}]})
+    return load_merge_config(
+        {
+            "merge_method": "linear",
+            "base_model": a,
+            **extra,
+            "models": [
+                {"model": a, "parameters": {"weight": wa}},
+                {"model": b, "parameters": {"weight": wb}},
+            ],
+        }
+    )
 
 
 def test_different_vocabularies_need_a_tokenizer_source(pair, tmp_path):
@@ -56,8 +65,10 @@ def test_base_vocabulary_keeps_the_base_rows(pair, tmp_path):
     got, wa = _w(tmp_path / "out"), _w(a)
     for k in wa:  # weights [1, 0] give model A, vocabulary rows included
         assert torch.equal(got[k], wa[k]), k
-    assert AutoTokenizer.from_pretrained(tmp_path / "out").get_vocab() == \
-        AutoTokenizer.from_pretrained(a).get_vocab()
+    assert (
+        AutoTokenizer.from_pretrained(tmp_path / "out").get_vocab()
+        == AutoTokenizer.from_pretrained(a).get_vocab()
+    )
 
 
 def test_union_vocabulary_rows(pair, tmp_path):
@@ -86,3 +97,20 @@ def test_a_model_as_tokenizer_source(pair, tmp_path):
     got, wb = _w(tmp_path / "out"), _w(b)
     assert got[EMB].shape == (100, 32)
     torch.testing.assert_close(got[EMB], wb[EMB])
+
+
+def test_chat_template_builtin_custom_and_unknown(pair, tmp_path):
+    from mol._errors import ConfigError
+
+    a, _ = pair
+    raw = {"merge_method": "linear", "models": [{"model": a, "parameters": {"weight": 1}}]}
+    run_merge(load_merge_config({**raw, "chat_template": "chatml"}), tmp_path / "c")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "c")
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert text == "<|im_start|>user\nhi<|im_end|>\n"
+    mine = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+    run_merge(load_merge_config({**raw, "chat_template": mine}), tmp_path / "j")
+    assert (tmp_path / "j" / "chat_template.jinja").read_text() == mine
+    with pytest.raises(ConfigError, match=r"unknown template 'chatlm' \(did you mean 'chatml'\?\)"):
+        run_merge(load_merge_config({**raw, "chat_template": "chatlm"}), tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -15,6 +15,7 @@ import torch
 from mol._progress import progress
 from mol.io import PlannedTensor, ShardedSafetensorsWriter, atomic_output_dir
 from mol.merge._card import model_card
+from mol.merge._chat import resolve_chat_template
 from mol.merge._plan import MergeOptions, MergePlan, TensorTask, plan_merge
 from mol.merge._vocab import permute_rows
 from mol.merge.config import MergeConfiguration
@@ -179,7 +180,7 @@ def write_model_files(plan: MergePlan, out_dir: Path, name: str) -> None:
     from transformers import AutoConfig
 
     source = plan.models[plan.config_source]
-    hf_config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    hf_config = AutoConfig.from_pretrained(source, trust_remote_code=plan.trust_remote_code)
     hf_config.num_hidden_layers = plan.num_layers
     if plan.vocab is not None:
         hf_config.vocab_size = plan.vocab.size
@@ -190,6 +191,9 @@ def write_model_files(plan: MergePlan, out_dir: Path, name: str) -> None:
     if (source / "generation_config.json").is_file():
         shutil.copy2(source / "generation_config.json", out_dir / "generation_config.json")
     _copy_tokenizer(plan, out_dir)
+    template = resolve_chat_template(plan.config.chat_template, list(plan.models.values()))
+    if template is not None:
+        (out_dir / "chat_template.jinja").write_text(template)
     config_yaml = plan.config.to_yaml()
     (out_dir / "mergekit_config.yml").write_text(config_yaml)
     refs = list(plan.models)

@@ -23,6 +23,7 @@ import torch
 from mol._errors import ConfigError, UnsupportedArchitectureError
 from mol.arch import ArchitectureInfo, detect_architecture
 from mol.io import LazyCheckpoint, resolve_model_dir
+from mol.merge._chat import check_chat_template
 from mol.merge._params import resolve_params, slice_base_model
 from mol.merge._vocab import VocabAlignment, build_alignment
 from mol.merge.config import MergeConfiguration, parse_model_reference
@@ -85,6 +86,7 @@ class MergePlan:
     num_layers: int  # layers of the output model
     tasks: list[TensorTask] = field(default_factory=list)
     compute_dtype: torch.dtype = torch.float32
+    trust_remote_code: bool = False
     vocab: VocabAlignment | None = None  # set when tokenizer_source asks for alignment
 
     @property
@@ -128,6 +130,7 @@ def plan_merge(config: MergeConfiguration, options: MergeOptions | None = None) 
             "the modules: form (multi-module models) is not supported by "
             "mol-merge; write the merge with models: or slices:"
         )
+    check_chat_template(config.chat_template)
     slices = _normalised_slices(config)
     refs = list(
         dict.fromkeys(
@@ -161,6 +164,7 @@ def plan_merge(config: MergeConfiguration, options: MergeOptions | None = None) 
             num_layers=sum(sl[0].end - sl[0].start for sl in slices),
             compute_dtype=compute,
         )
+        plan.trust_remote_code = options.trust_remote_code
         plan.vocab = build_alignment(
             config,
             models,
