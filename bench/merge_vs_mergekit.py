@@ -76,7 +76,9 @@ class LlamaShape:
     def for_params(cls, millions: float) -> LlamaShape:
         """Pick a width from the budget, then the layer count that lands closest to it."""
         target = millions * 1e6
-        hidden = 256 if target < 100e6 else 512 if target < 200e6 else 1024 if target < 1.2e9 else 2048
+        hidden = (
+            256 if target < 100e6 else 512 if target < 200e6 else 1024 if target < 1.2e9 else 2048
+        )
         intermediate = hidden * 11 // 4  # 1024 -> 2816
         per_layer = 4 * hidden * hidden + 3 * hidden * intermediate + 2 * hidden
         fixed = 2 * VOCAB * hidden + hidden
@@ -122,8 +124,13 @@ def write_checkpoints(root: Path, shape: LlamaShape) -> dict[str, Path]:
     """
     names = ("base", "ft1", "ft2")
     dirs = {n: root / n for n in names}
-    spec = {**asdict(shape), "base_std": BASE_STD, "delta_std": DELTA_STD, "seed": SEED,
-            "format": 2}
+    spec = {
+        **asdict(shape),
+        "base_std": BASE_STD,
+        "delta_std": DELTA_STD,
+        "seed": SEED,
+        "format": 2,
+    }
     stamp = root / "spec.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == spec:
         return dirs
@@ -134,8 +141,10 @@ def write_checkpoints(root: Path, shape: LlamaShape) -> dict[str, Path]:
         shutil.rmtree(tmp)
     tensors = expected_tensors(shape)
     n_params = sum(_numel(s) for s in tensors.values())
-    print(f"generating 3 checkpoints of {n_params / 1e6:.1f}M params ({shape}) in {root} ...",
-          flush=True)
+    print(
+        f"generating 3 checkpoints of {n_params / 1e6:.1f}M params ({shape}) in {root} ...",
+        flush=True,
+    )
     started = time.perf_counter()
     config = shape.hf_config()
     generator = torch.Generator().manual_seed(SEED)
@@ -185,7 +194,7 @@ def _save_tokenizer(path: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    for word in "the a merge model base weight tensor of and to".split():
+    for word in ("the", "a", "merge", "model", "base", "weight", "tensor", "of", "and", "to"):
         vocab[word] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -265,12 +274,29 @@ def _tool(name: str) -> str:
 def tool_command(tool: str, config: Path, out: Path, shard_bytes: int) -> list[str]:
     """The command line of one merge; both tools get the same shard limit (bytes) and --quiet."""
     if tool == "mol":
-        return [_tool("mol-merge"), str(config), str(out), "--quiet", "--device", "cpu",
-                "--out-shard-size", str(shard_bytes)]
+        return [
+            _tool("mol-merge"),
+            str(config),
+            str(out),
+            "--quiet",
+            "--device",
+            "cpu",
+            "--out-shard-size",
+            str(shard_bytes),
+        ]
     # mergekit: CPU only; --out-shard-size is compared with tensor bytes in its writer (the
     # help says "parameters", the code counts bytes), --lazy-unpickle only matters for .bin.
-    return [_tool("mergekit-yaml"), str(config), str(out), "--quiet", "--no-cuda",
-            "--device", "cpu", "--out-shard-size", str(shard_bytes)]
+    return [
+        _tool("mergekit-yaml"),
+        str(config),
+        str(out),
+        "--quiet",
+        "--no-cuda",
+        "--device",
+        "cpu",
+        "--out-shard-size",
+        str(shard_bytes),
+    ]
 
 
 def _anon_rss(pid: int) -> int:
@@ -331,7 +357,9 @@ def measure(cmd: list[str], log_path: Path, env: dict[str, str]) -> tuple[float,
     with open(log_path, "wb") as log:
         launcher = subprocess.Popen(
             [sys.executable, "-S", "-c", _LAUNCHER, str(result_path), *cmd],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         ps = psutil.Process(launcher.pid)
 
@@ -357,8 +385,7 @@ def measure(cmd: list[str], log_path: Path, env: dict[str, str]) -> tuple[float,
     if launcher.returncode != 0 or not result_path.is_file():
         return float("nan"), peaks[0], peaks[1], launcher.returncode or 1
     result = json.loads(result_path.read_text())
-    return (result["seconds"], max(peaks[0], result["maxrss_kib"] * 1024), peaks[1],
-            result["rc"])
+    return (result["seconds"], max(peaks[0], result["maxrss_kib"] * 1024), peaks[1], result["rc"])
 
 
 # --------------------------------------------------------------------------- comparing
@@ -467,6 +494,38 @@ class Row:
         return "met" if not misses else f"**not met** ({', '.join(misses)})"
 
 
+def build_rows(
+    methods: list[str], runs: list[Run], comparisons: dict[str, Comparison]
+) -> list[Row]:
+    """One table row per method: medians over the successful repeats of each tool."""
+
+    def median(method: str, tool: str, attr: str) -> float | None:
+        values = [
+            getattr(r, attr)
+            for r in runs
+            if r.method == method and r.tool == tool and r.returncode == 0
+        ]
+        return statistics.median(values) if values else None
+
+    rows = []
+    for m in methods:
+        failed = sorted({r.tool for r in runs if r.method == m and r.returncode != 0})
+        rows.append(
+            Row(
+                m,
+                median(m, "mol", "seconds"),
+                median(m, "mergekit", "seconds"),
+                median(m, "mol", "peak_rss"),
+                median(m, "mergekit", "peak_rss"),
+                median(m, "mol", "peak_anon"),
+                median(m, "mergekit", "peak_anon"),
+                comparisons.get(m),
+                failed,
+            )
+        )
+    return rows
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
@@ -538,6 +597,15 @@ def render_report(
         "",
         render_table(rows, tolerance),
         "",
+        "Peak anonymous RSS (MiB, mol / mergekit), i.e. without memory-mapped input files and "
+        "libraries: "
+        + "; ".join(
+            f"{r.method} {_fmt(r.mol_anon and r.mol_anon / MIB, '.0f')} / "
+            f"{_fmt(r.mk_anon and r.mk_anon / MIB, '.0f')}"
+            for r in rows
+        )
+        + ".",
+        "",
         "Speed-up = mergekit time / mol time; RSS ratio = mol peak RSS / mergekit peak RSS "
         "(peak RSS of the whole process tree). Targets from the issue: ties and dare_ties at "
         "least 5× faster than mergekit, linear and slerp at least 1.5×, peak RSS at most half "
@@ -566,29 +634,59 @@ def write_benchmarks_md(report: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="runs per tool and method; the median is reported (default 1)")
-    parser.add_argument("--params-millions", type=float, default=270.0,
-                        help="checkpoint size in millions of parameters (default 270; 30 for "
-                             "a quick smoke run)")
-    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
-                        help="the YAML's compute dtype (out_dtype is always bfloat16)")
-    parser.add_argument("--out-shard-size", type=int, default=5 * 1000**3,
-                        help="largest output shard in bytes, for both tools (default 5e9, "
-                             "both tools' default)")
-    parser.add_argument("--tolerance", type=float, default=1e-2,
-                        help="flag a method whose outputs differ by more (default 1e-2)")
-    parser.add_argument("--cache-dir", type=Path,
-                        default=Path(os.environ.get("MOL_BENCH_DIR", REPO / "bench" / ".cache")),
-                        help="where checkpoints and outputs live ($MOL_BENCH_DIR, else "
-                             "bench/.cache)")
-    parser.add_argument("--keep-outputs", action="store_true",
-                        help="keep the merged models (last repeat) under CACHE/outputs")
-    parser.add_argument("--write", action="store_true",
-                        help=f"also write the report into {BENCHMARKS_MD.name} between "
-                             f"{MARK_BEGIN} and {MARK_END}")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated subset of {','.join(METHODS)} (default: all)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per tool and method; the median is reported (default 1)",
+    )
+    parser.add_argument(
+        "--params-millions",
+        type=float,
+        default=270.0,
+        help="checkpoint size in millions of parameters (default 270; 30 for a quick smoke run)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="the YAML's compute dtype; out_dtype is always bfloat16. Default "
+        "float32: mol merges bf16 inputs in float32 whatever the YAML says, "
+        "so only float32 gives both tools the same arithmetic",
+    )
+    parser.add_argument(
+        "--out-shard-size",
+        type=int,
+        default=5 * 1000**3,
+        help="largest output shard in bytes, for both tools (default 5e9, both tools' default)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-2,
+        help="flag a method whose outputs differ by more (default 1e-2)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(os.environ.get("MOL_BENCH_DIR", REPO / "bench" / ".cache")),
+        help="where checkpoints and outputs live ($MOL_BENCH_DIR, else bench/.cache)",
+    )
+    parser.add_argument(
+        "--keep-outputs",
+        action="store_true",
+        help="keep the merged models (last repeat) under CACHE/outputs",
+    )
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help=f"also write the report into {BENCHMARKS_MD.name} between {MARK_BEGIN} and {MARK_END}",
+    )
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in args.methods if m not in METHODS]
@@ -614,13 +712,21 @@ def main(argv: list[str] | None = None) -> int:
     configs_dir, outputs_dir, logs_dir = (cache / d / tag for d in ("configs", "outputs", "logs"))
     for d in (configs_dir, outputs_dir, logs_dir):
         d.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     load_before = os.getloadavg()
     print(f"data: {cache}  (models: {dirs['base'].parent})", flush=True)
-    print(f"checkpoints: {n_params / 1e6:.1f}M params each, bf16, hidden {shape.hidden}, "
-          f"{shape.layers} layers, intermediate {shape.intermediate}, vocab {shape.vocab}; "
-          f"load average {load_before[0]:.2f}", flush=True)
+    print(
+        f"checkpoints: {n_params / 1e6:.1f}M params each, bf16, hidden {shape.hidden}, "
+        f"{shape.layers} layers, intermediate {shape.intermediate}, vocab {shape.vocab}; "
+        f"load average {load_before[0]:.2f}",
+        flush=True,
+    )
 
     runs: list[Run] = []
     comparisons: dict[str, Comparison] = {}
@@ -639,9 +745,12 @@ def main(argv: list[str] | None = None) -> int:
                 seconds, rss, anon, rc = measure(cmd, log, env)
                 runs.append(Run(tool, method, repeat, seconds, rss, anon, rc, str(log)))
                 status = "ok" if rc == 0 else f"FAILED (exit {rc}, log {log})"
-                print(f"  [{repeat + 1}/{args.repeats}] {method:<11} {tool:<8} "
-                      f"{seconds:7.1f} s  peak RSS {rss / MIB:7.0f} MiB  "
-                      f"(anon {anon / MIB:6.0f} MiB)  {status}", flush=True)
+                print(
+                    f"  [{repeat + 1}/{args.repeats}] {method:<11} {tool:<8} "
+                    f"{seconds:7.1f} s  peak RSS {rss / MIB:7.0f} MiB  "
+                    f"(anon {anon / MIB:6.0f} MiB)  {status}",
+                    flush=True,
+                )
                 if rc != 0:
                     tail = Path(log).read_text(errors="replace").splitlines()[-15:]
                     print("    " + "\n    ".join(tail), flush=True)
@@ -651,56 +760,47 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 cmp = compare_outputs(outs["mol"], outs["mergekit"], method not in RANDOMIZED)
                 comparisons[method] = cmp
-                detail = ("values not compared (random masks)" if cmp.max_abs_diff is None else
-                          f"max |diff| {cmp.max_abs_diff:.3g} in {cmp.worst_tensor or '-'}, "
-                          f"{100 * cmp.frac_differ:.3f}% of elements differ, "
-                          f"{100 * cmp.frac_over_1ulp:.4f}% by more than 1 bf16 ulp")
+                detail = (
+                    "values not compared (random masks)"
+                    if cmp.max_abs_diff is None
+                    else f"max |diff| {cmp.max_abs_diff:.3g} in {cmp.worst_tensor or '-'}, "
+                    f"{100 * cmp.frac_differ:.3f}% of elements differ, "
+                    f"{100 * cmp.frac_over_1ulp:.4f}% by more than 1 bf16 ulp"
+                )
                 bad = cmp.problems or (cmp.max_abs_diff or 0) > args.tolerance
-                print(f"    {'WARNING: outputs differ: ' if bad else 'outputs agree: '}{detail}"
-                      + "".join(f"\n    - {p}" for p in cmp.problems), flush=True)
+                print(
+                    f"    {'WARNING: outputs differ: ' if bad else 'outputs agree: '}{detail}"
+                    + "".join(f"\n    - {p}" for p in cmp.problems),
+                    flush=True,
+                )
             if not (args.keep_outputs and repeat == args.repeats - 1):
                 for out in outs.values():
                     if out.exists():
                         shutil.rmtree(out)
 
-    rows = []
-    for method in args.methods:
-        def median(tool: str, attr: str, method: str = method) -> float | None:
-            values = [getattr(r, attr) for r in runs
-                      if r.method == method and r.tool == tool and r.returncode == 0]
-            return statistics.median(values) if values else None
-
-        failed = sorted({r.tool for r in runs if r.method == method and r.returncode != 0})
-        rows.append(Row(
-            method,
-            median("mol", "seconds"), median("mergekit", "seconds"),
-            median("mol", "peak_rss"), median("mergekit", "peak_rss"),
-            median("mol", "peak_anon"), median("mergekit", "peak_anon"),
-            comparisons.get(method), failed,
-        ))
+    rows = build_rows(args.methods, runs, comparisons)
 
     load_after = os.getloadavg()
     machine = machine_info()
     setup = {
         "checkpoints": f"3 synthetic bf16 Llama models of {n_params / 1e6:.1f}M params (hidden "
-                       f"{shape.hidden}, {shape.layers} layers, intermediate {shape.intermediate}, "
-                       f"vocab {shape.vocab}, untied lm_head), one safetensors file each",
+        f"{shape.hidden}, {shape.layers} layers, intermediate {shape.intermediate}, "
+        f"vocab {shape.vocab}, untied lm_head), one safetensors file each",
         "YAML": f"dtype {args.dtype}, out_dtype bfloat16, identical for both tools",
         "commands": f"`mol-merge CONFIG OUT --quiet --device cpu --out-shard-size "
-                    f"{args.out_shard_size}` vs `mergekit-yaml CONFIG OUT --quiet --no-cuda "
-                    f"--device cpu --out-shard-size {args.out_shard_size}`",
+        f"{args.out_shard_size}` vs `mergekit-yaml CONFIG OUT --quiet --no-cuda "
+        f"--device cpu --out-shard-size {args.out_shard_size}`",
         "runs": f"{args.repeats} per tool and method (median), fresh subprocess each, tool order "
-                f"alternating, inputs in page cache; load average {load_before[0]:.2f} before, "
-                f"{load_after[0]:.2f} after",
+        f"alternating, inputs in page cache; load average {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after",
     }
     report = render_report(rows, machine, setup, args.tolerance)
     print()
     print(report)
-    extra = [f"  {r.method:<11} peak anonymous RSS: mol {_fmt(r.mol_anon and r.mol_anon / MIB, '.0f')}"
-             f" MiB, mergekit {_fmt(r.mk_anon and r.mk_anon / MIB, '.0f')} MiB" for r in rows]
-    print("\n".join(["", "(anonymous RSS, i.e. not counting mapped input files:)", *extra]))
     results = {
-        "machine": machine, "setup": setup, "args": {k: str(v) for k, v in vars(args).items()},
+        "machine": machine,
+        "setup": setup,
+        "args": {k: str(v) for k, v in vars(args).items()},
         "runs": [asdict(r) for r in runs],
         "comparisons": {m: asdict(c) for m, c in comparisons.items()},
     }
@@ -711,8 +811,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwrote {BENCHMARKS_MD}")
     print(f"\nraw results: {results_path}")
     print(f"bench wall time: {time.perf_counter() - script_started:.0f} s")
-    flagged = [m for m, c in comparisons.items()
-               if c.problems or (c.max_abs_diff or 0) > args.tolerance]
+    flagged = [
+        m for m, c in comparisons.items() if c.problems or (c.max_abs_diff or 0) > args.tolerance
+    ]
     return 1 if flagged or any(r.failed for r in rows) else 0
 
 

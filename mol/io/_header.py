@@ -65,6 +65,7 @@ class SafetensorsHeader:
     path: Path
     metadata: dict[str, str]
     tensors: dict[str, TensorInfo]
+    data_offset: int = 0  # where the data starts in the file: 8 + header length
 
 
 def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
@@ -114,7 +115,9 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
         raise CorruptCheckpointError(
             f"{path} is corrupt: {size - expected} bytes follow the data its header describes"
         )
-    return SafetensorsHeader(path=path, metadata=metadata, tensors=tensors)
+    return SafetensorsHeader(
+        path=path, metadata=metadata, tensors=tensors, data_offset=8 + header_len
+    )
 
 
 def _tensor_info(path: Path, name: str, entry: object) -> TensorInfo:

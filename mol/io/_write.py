@@ -93,7 +93,8 @@ class ShardedSafetensorsWriter:
         if self._file is None:
             self._file = self._open_shard(shard)
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        self._file.write(data.numpy().tobytes() if data.numel() else b"")
+        if data.numel():
+            self._file.write(memoryview(data.numpy()))  # no intermediate bytes copy
         index += 1
         if index == len(self._shards[shard]):
             self._file.close()
