@@ -181,3 +181,11 @@ def test_seed_api_errors(models):
     with pytest.raises(ConfigError, match="no output_path"):
         lin = LinearMerge(MergeConfig(method="linear", models=[models["e1"]]))
         lin.save_merged_model(lin.merge())
+
+
+def test_seed_import_paths_are_the_same_objects():
+    import mol
+    from mol.config import MergeConfig as A
+    from mol.merge_methods.base_merge import MergeConfig as B
+
+    assert A is B is mol.MergeConfig

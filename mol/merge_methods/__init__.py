@@ -1,0 +1,1 @@
+"""Import path of the seed documents (``from mol.merge_methods.base_merge import MergeConfig``)."""
