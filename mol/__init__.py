@@ -15,6 +15,7 @@ from mol._errors import (
     UnsupportedArchitectureError,
 )
 from mol.arch import ArchitectureInfo, RopeInfo, UniversalArchitectureHandler, detect_architecture
+from mol.fusion import BottleneckAdapter, LinearAdapter, SimpleRouter, TokenLevelRouter
 from mol.io import (
     LazyCheckpoint,
     atomic_output_dir,
@@ -44,6 +45,10 @@ from mol.merge import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BottleneckAdapter",
+    "LinearAdapter",
+    "SimpleRouter",
+    "TokenLevelRouter",
     "BreadcrumbsMerge",
     "BreadcrumbsTiesMerge",
     "DareLinearMerge",
