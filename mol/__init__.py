@@ -15,7 +15,14 @@ from mol._errors import (
     UnsupportedArchitectureError,
 )
 from mol.arch import ArchitectureInfo, RopeInfo, UniversalArchitectureHandler, detect_architecture
-from mol.fusion import BottleneckAdapter, LinearAdapter, SimpleRouter, TokenLevelRouter
+from mol.fusion import (
+    BottleneckAdapter,
+    LinearAdapter,
+    MoLConfig,
+    MoLRuntime,
+    SimpleRouter,
+    TokenLevelRouter,
+)
 from mol.io import (
     LazyCheckpoint,
     atomic_output_dir,
@@ -47,6 +54,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BottleneckAdapter",
     "LinearAdapter",
+    "MoLConfig",
+    "MoLRuntime",
     "SimpleRouter",
     "TokenLevelRouter",
     "BreadcrumbsMerge",

@@ -1,13 +1,22 @@
 """MoL fusion building blocks: adapters between widths, routers, and their auxiliary losses.
 
-(The fused layer and runtime model build on these.)
+:class:`MoLRuntime` stacks :class:`FusedLayer` objects between the primary model's embeddings
+and head (forward pass; generation and checkpoints are still to come).
 """
 
 from mol.fusion.adapters import BottleneckAdapter, LinearAdapter, norm_preserving_init_
 from mol.fusion.aux_losses import load_balancing_loss, router_entropy, router_z_loss
+from mol.fusion.blocks import BlockExtractor, ExpertBlock
+from mol.fusion.layer import FusedLayer
 from mol.fusion.routers import RouterOutput, SimpleRouter, TokenLevelRouter
+from mol.fusion.runtime import MoLConfig, MoLRuntime
 
 __all__ = [
+    "BlockExtractor",
+    "ExpertBlock",
+    "FusedLayer",
+    "MoLConfig",
+    "MoLRuntime",
     "BottleneckAdapter",
     "LinearAdapter",
     "RouterOutput",

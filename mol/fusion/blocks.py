@@ -1,0 +1,110 @@
+"""Expert blocks: one transformer layer taken out of its model, run exactly as its model runs it.
+
+A decoder layer needs more than hidden states: the attention mask in the form its own config's
+attention implementation expects (``create_causal_mask`` with that config), and, for rotary
+families, ``position_embeddings`` from its own model's rotary module and config. The block
+builds both itself from the 2-D padding mask and the position ids, so blocks of different
+families can sit side by side in one fused layer.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from transformers.masking_utils import create_causal_mask
+
+from mol._errors import UnsupportedArchitectureError
+from mol.arch import ArchitectureInfo, resolve_module
+
+__all__ = ["DECODER_FAMILIES", "ExpertBlock", "BlockExtractor"]
+
+# Families whose decoder layers take (hidden, attention_mask=, position_ids=, past_key_values=,
+# use_cache=, [position_embeddings=]) and whose models add nothing between layers.
+DECODER_FAMILIES = frozenset({"gpt2", "llama", "mistral", "qwen2", "qwen3"})
+
+
+class ExpertBlock(nn.Module):
+    """One layer of a source model with what it needs to run: ``(B, T, d) -> (B, T, d)``.
+
+    Args:
+        block: the decoder layer module (a private copy: changing it never touches the source).
+        config: the source model's config (attention implementation, sliding window, ...).
+        rotary: the source model's rotary embedding module, or None (absolute positions).
+        source: ``"model:layer"``, for messages and checkpoints.
+    """
+
+    def __init__(self, block: nn.Module, config, rotary: nn.Module | None, source: str) -> None:
+        super().__init__()
+        self.block = block
+        self.rotary = rotary
+        self.config = config
+        self.source = source
+        self.hidden_dim = int(config.hidden_size)
+
+    def set_cache_slot(self, slot: int) -> None:
+        """Give the block's attention a unique cache index inside the fused model."""
+        for module in self.block.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = slot
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        past_key_values=None,
+        use_cache: bool = False,
+    ) -> torch.Tensor:
+        """Run the layer on ``hidden (B, T, d)`` with a 2-D ``attention_mask (B, T_total)``."""
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        kwargs = {}
+        if self.rotary is not None:
+            kwargs["position_embeddings"] = self.rotary(hidden, position_ids=position_ids)
+        out = self.block(
+            hidden,
+            attention_mask=mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return out[0] if isinstance(out, tuple) else out
+
+
+class BlockExtractor:
+    """Take layers out of a loaded causal LM as :class:`ExpertBlock` objects.
+
+    Raises:
+        UnsupportedArchitectureError: the family is not a supported decoder family, or the
+            layer index is out of range (the message names the model and its layer count).
+    """
+
+    def __init__(self, model: nn.Module, arch: ArchitectureInfo, name: str) -> None:
+        if arch.architecture_type not in DECODER_FAMILIES:
+            raise UnsupportedArchitectureError(
+                f"{name}: {arch.architecture_type} ({arch.architecture_family}) blocks cannot be "
+                f"fused yet; supported: {', '.join(sorted(DECODER_FAMILIES))}"
+            )
+        self.model, self.arch, self.name = model, arch, name
+        self.layers = resolve_module(model, arch.layer_path)
+        parent = resolve_module(model, arch.layer_path.rsplit(".", 1)[0])
+        self.rotary = getattr(parent, "rotary_emb", None) if arch.rope is not None else None
+
+    def extract(self, layer_idx: int) -> ExpertBlock:
+        """A private copy of layer ``layer_idx`` with its model's rotary module and config."""
+        n = len(self.layers)
+        if not 0 <= layer_idx < n:
+            raise UnsupportedArchitectureError(
+                f"{self.name} has {n} layers (0..{n - 1}); layer {layer_idx} does not exist"
+            )
+        block = copy.deepcopy(self.layers[layer_idx])
+        rotary = copy.deepcopy(self.rotary) if self.rotary is not None else None
+        return ExpertBlock(block, self.model.config, rotary, f"{self.name}:{layer_idx}")

@@ -1,0 +1,74 @@
+"""The fused layer: experts (blocks of several models) mixed by a router, bridged by adapters."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mol.fusion.blocks import ExpertBlock
+from mol.fusion.routers import RouterOutput
+
+__all__ = ["FusedLayer"]
+
+
+class FusedLayer(nn.Module):
+    """``h -> h + sum_i w_i * out_i(block_i(in_i(h)) - in_i(h))`` over experts ``i``.
+
+    Each expert sees ``in_i(h)`` at its own width and returns its residual update, mapped back
+    to the target width by ``out_i``. Working on the update (rather than ``out_i`` of the
+    block's whole output) keeps the target-width residual stream intact when an expert is
+    narrower than the target. With one expert, identity adapters and weight 1 the layer is
+    exactly that block. Experts whose weight is zero for every real token of the batch are
+    skipped (sparse routing).
+
+    Args:
+        experts: the blocks, one per source.
+        in_adapters / out_adapters: target -> expert width and back, one pair per expert.
+        router: maps ``(B, T, target)`` hidden states to :class:`RouterOutput` weights.
+    """
+
+    def __init__(
+        self,
+        experts: list[ExpertBlock],
+        in_adapters: list[nn.Module],
+        out_adapters: list[nn.Module],
+        router: nn.Module,
+    ) -> None:
+        super().__init__()
+        if not experts or not len(experts) == len(in_adapters) == len(out_adapters):
+            raise ValueError("a fused layer needs one in- and one out-adapter per expert")
+        self.experts = nn.ModuleList(experts)
+        self.in_adapters = nn.ModuleList(in_adapters)
+        self.out_adapters = nn.ModuleList(out_adapters)
+        self.router = router
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        past_key_values=None,
+        use_cache: bool = False,
+        token_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, RouterOutput]:
+        """``hidden (B, T, D)`` -> ``(hidden (B, T, D), RouterOutput)``.
+
+        ``attention_mask`` is the 2-D padding mask over past and current tokens;
+        ``token_mask (B, T)`` marks the current tokens that are real (default: its last T
+        columns).
+        """
+        if token_mask is None:
+            token_mask = attention_mask[:, -hidden.shape[1] :].bool()
+        routing = self.router(hidden, token_mask)
+        out = hidden
+        always = past_key_values is not None  # a cached expert must see every token
+        for i, (expert, a_in, a_out) in enumerate(
+            zip(self.experts, self.in_adapters, self.out_adapters, strict=True)
+        ):
+            weight = routing.weights[..., i : i + 1]
+            if not always and not bool((weight != 0).any()):
+                continue
+            x = a_in(hidden)
+            y = expert(x, attention_mask, position_ids, past_key_values, use_cache)
+            out = out + weight.to(hidden.dtype) * a_out(y - x)
+        return out, routing

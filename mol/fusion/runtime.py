@@ -1,0 +1,294 @@
+"""The MoL runtime: the primary model's embeddings and head around a stack of fused layers.
+
+The first model in ``MoLConfig.models`` is the *primary*: its tokenizer, token (and absolute
+position) embeddings, final norm and LM head drive everything, and the target hidden width is
+its width unless ``target_hidden_dim`` says otherwise (then the embeddings and the head are
+bridged by norm-preserving adapters).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from mol._errors import ConfigError, UnsupportedArchitectureError
+from mol.arch import ArchitectureInfo, detect_architecture, resolve_module
+from mol.fusion.adapters import BottleneckAdapter, LinearAdapter
+from mol.fusion.blocks import BlockExtractor
+from mol.fusion.layer import FusedLayer
+from mol.fusion.routers import SimpleRouter, TokenLevelRouter
+from mol.io import load_causal_lm, load_tokenizer
+
+__all__ = ["MoLConfig", "MoLRuntime"]
+
+logger = logging.getLogger("mol")
+
+
+@dataclass
+class MoLConfig:
+    """What to fuse and how (the seed tutorial's ``MoLConfig``).
+
+    Attributes:
+        models: model references (hub ids or local directories); the first is the primary.
+        adapter_type: ``linear`` or ``bottleneck`` adapters between widths.
+        router_type: ``simple`` (causal pooled, per sequence prefix) or ``token_level``.
+        max_layers: refuse ``add_layer`` beyond this many fused layers (None: no limit).
+        memory_efficient: keep no source model in memory between ``add_layer`` calls (each
+            call reloads what it needs and releases it after taking its blocks).
+        temperature: router temperature.
+        top_k_experts: experts kept per position (None: all, renormalised).
+        target_hidden_dim: width of the fused stack (None: the primary's).
+        bottleneck_dim: width of bottleneck adapters' residual path.
+        pooling_type: the simple router's causal pooling (``mean``, ``max``, ``last``).
+        noise_std: token-level router noise in training.
+        trust_remote_code: allow models' own Python code (off by default).
+    """
+
+    models: list[str]
+    adapter_type: Literal["linear", "bottleneck"] = "linear"
+    router_type: Literal["simple", "token_level"] = "simple"
+    max_layers: int | None = None
+    memory_efficient: bool = False
+    temperature: float = 1.0
+    top_k_experts: int | None = None
+    target_hidden_dim: int | None = None
+    bottleneck_dim: int = 64
+    pooling_type: str = "mean"
+    noise_std: float = 0.0
+    trust_remote_code: bool = False
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("models: give at least one model")
+        if self.adapter_type not in ("linear", "bottleneck"):
+            raise ConfigError(
+                f"adapter_type must be 'linear' or 'bottleneck', got {self.adapter_type!r}"
+            )
+        if self.router_type not in ("simple", "token_level"):
+            raise ConfigError(
+                f"router_type must be 'simple' or 'token_level', got {self.router_type!r}"
+            )
+        if self.max_layers is not None and self.max_layers < 1:
+            raise ConfigError(f"max_layers must be >= 1, got {self.max_layers}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if self.extra:
+            raise ConfigError(f"unknown MoLConfig options: {sorted(self.extra)}")
+
+
+class MoLRuntime(nn.Module):
+    """Fuse layers of several causal LMs into one network (see the module docstring).
+
+    Typical use (the seed tutorial)::
+
+        mol = MoLRuntime(MoLConfig(models=[primary, partner]))
+        mol.setup_embeddings(); mol.setup_lm_head()
+        mol.add_layer([(primary, 0), (partner, 0)], layer_idx=0)
+        hidden, stats = mol.forward(ids, mask, return_router_stats=True)
+    """
+
+    def __init__(self, config: MoLConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.infos: dict[str, ArchitectureInfo] = {
+            m: detect_architecture(m, trust_remote_code=config.trust_remote_code)
+            for m in config.models
+        }
+        self.primary = config.models[0]
+        primary = self.infos[self.primary]
+        if primary.architecture_family != "decoder-only":
+            raise UnsupportedArchitectureError(
+                f"{self.primary}: the primary model must be a decoder-only causal LM, "
+                f"got {primary.architecture_family} ({primary.architecture_type})"
+            )
+        self.target_hidden_dim = config.target_hidden_dim or primary.hidden_dim
+        self._tokenizer = None
+        self._sources: dict[str, nn.Module] = {}
+        self.layers = nn.ModuleList()
+        self.embed_tokens: nn.Module | None = None
+        self.embed_positions: nn.Module | None = None
+        self.embed_in = LinearAdapter(primary.hidden_dim, self.target_hidden_dim)
+        self.norm: nn.Module | None = None
+        self.lm_head: nn.Module | None = None
+        self.head_out = LinearAdapter(self.target_hidden_dim, primary.hidden_dim)
+
+    @property
+    def tokenizer(self):
+        """The primary model's tokenizer (loaded on first use; warns if partners differ)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(
+                self.primary, trust_remote_code=self.config.trust_remote_code
+            )
+            self._warn_on_tokenizer_mismatch()
+        return self._tokenizer
+
+    # -- set-up ---------------------------------------------------------------------------
+    def setup_embeddings(self) -> None:
+        """Take the primary's token (and absolute position) embeddings."""
+        model, info = self._source(self.primary), self.infos[self.primary]
+        self.embed_tokens = resolve_module(model, info.embedding_path)
+        if info.position_embedding_path:
+            self.embed_positions = resolve_module(model, info.position_embedding_path)
+        self._release()
+
+    def setup_lm_head(self) -> None:
+        """Take the primary's final norm and LM head."""
+        model, info = self._source(self.primary), self.infos[self.primary]
+        if info.final_norm_path is None or info.lm_head_path is None:
+            raise UnsupportedArchitectureError(f"{self.primary} has no final norm or LM head")
+        self.norm = resolve_module(model, info.final_norm_path)
+        self.lm_head = resolve_module(model, info.lm_head_path)
+        self._release()
+
+    def add_layer(self, experts: list[tuple[str, int]], layer_idx: int | None = None) -> FusedLayer:
+        """Add a fused layer whose experts are ``(model, layer index)`` pairs.
+
+        ``layer_idx`` is the position in the fused stack (default: append); it must be the
+        next free position. Raises ConfigError for an unknown model or a full stack, and
+        UnsupportedArchitectureError for a bad layer index or an unsupported family.
+        """
+        position = len(self.layers) if layer_idx is None else layer_idx
+        if position != len(self.layers):
+            raise ConfigError(
+                f"layer_idx {layer_idx}: layers are added in order; next is {len(self.layers)}"
+            )
+        if self.config.max_layers is not None and position >= self.config.max_layers:
+            raise ConfigError(
+                f"max_layers is {self.config.max_layers}; cannot add layer {position}"
+            )
+        if not experts:
+            raise ConfigError("add_layer needs at least one (model, layer) pair")
+        blocks, ins, outs = [], [], []
+        for i, (name, index) in enumerate(experts):
+            if name not in self.infos:
+                raise ConfigError(
+                    f"model {name!r} is not in MoLConfig.models ({', '.join(self.infos)})"
+                )
+            block = BlockExtractor(self._source(name), self.infos[name], name).extract(index)
+            block.set_cache_slot(position * 1000 + i)
+            blocks.append(block)
+            ins.append(self._adapter(self.target_hidden_dim, block.hidden_dim, seed=2 * i))
+            outs.append(self._adapter(block.hidden_dim, self.target_hidden_dim, seed=2 * i + 1))
+        self._release()
+        layer = FusedLayer(blocks, ins, outs, self._router(len(blocks)))
+        self.layers.append(layer)
+        return layer
+
+    # -- running ----------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        return_router_stats: bool = False,
+        position_ids: torch.Tensor | None = None,
+    ):
+        """Final hidden states ``(B, T, d_primary)`` after the primary's final norm.
+
+        Returns ``(hidden, router_stats)`` when ``return_router_stats`` (per layer:
+        ``expert_weights (E,)`` mean over real tokens, ``entropy``, ``token_weights (B, T, E)``,
+        ``load_balancing_loss``, ``z_loss``), else ``hidden``.
+        """
+        hidden, routings = self._run(input_ids, attention_mask, position_ids)
+        if not return_router_stats:
+            return hidden
+        stats = {
+            i: {
+                "expert_weights": r.expert_weights().detach(),
+                "entropy": r.entropy().detach(),
+                "token_weights": r.weights.detach(),
+                "load_balancing_loss": r.load_balancing_loss().detach(),
+                "z_loss": r.z_loss().detach(),
+            }
+            for i, r in enumerate(routings)
+        }
+        return hidden, stats
+
+    def compute_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Next-token logits ``(B, T, V)``."""
+        if self.lm_head is None:
+            raise ConfigError("call setup_lm_head() first")
+        return self.lm_head(self._run(input_ids, attention_mask, position_ids)[0])
+
+    def _run(self, input_ids, attention_mask, position_ids):
+        if self.embed_tokens is None or self.norm is None:
+            raise ConfigError("call setup_embeddings() and setup_lm_head() before running")
+        if not len(self.layers):
+            raise ConfigError("no fused layers: call add_layer() first")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if position_ids is None:  # as the source models do without a cache
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        hidden = self.embed_tokens(input_ids)
+        if self.embed_positions is not None:
+            hidden = hidden + self.embed_positions(position_ids)
+        hidden = self.embed_in(hidden)
+        routings = []
+        for layer in self.layers:
+            hidden, routing = layer(hidden, attention_mask, position_ids)
+            routings.append(routing)
+        return self.norm(self.head_out(hidden)), routings
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _source(self, name: str) -> nn.Module:
+        if name not in self._sources:
+            model = load_causal_lm(name, trust_remote_code=self.config.trust_remote_code)
+            for p in model.parameters():
+                p.requires_grad_(False)  # experts, embeddings and head stay frozen
+            self._sources[name] = model
+        return self._sources[name]
+
+    def _release(self) -> None:
+        if self.config.memory_efficient:
+            self._sources.clear()
+
+    def _adapter(self, in_dim: int, out_dim: int, seed: int) -> nn.Module:
+        if self.config.adapter_type == "bottleneck":
+            return BottleneckAdapter(in_dim, out_dim, self.config.bottleneck_dim, seed=seed)
+        return LinearAdapter(in_dim, out_dim, seed=seed)
+
+    def _router(self, num_experts: int) -> nn.Module:
+        c = self.config
+        if c.router_type == "token_level":
+            return TokenLevelRouter(
+                self.target_hidden_dim,
+                num_experts,
+                top_k=c.top_k_experts,
+                temperature=c.temperature,
+                noise_std=c.noise_std,
+            )
+        return SimpleRouter(
+            self.target_hidden_dim,
+            num_experts,
+            pooling_type=c.pooling_type,
+            top_k=c.top_k_experts,
+            temperature=c.temperature,
+        )
+
+    def _warn_on_tokenizer_mismatch(self) -> None:
+        reference = self._tokenizer.get_vocab()
+        for name in self.config.models[1:]:
+            try:
+                other = load_tokenizer(name, trust_remote_code=self.config.trust_remote_code)
+            except OSError:
+                logger.warning(
+                    "%s has no tokenizer; %s's tokenizer drives the fusion", name, self.primary
+                )
+                continue
+            if other.get_vocab() != reference:
+                logger.warning(
+                    "tokenizers differ: %s and %s; %s's tokenizer and embeddings "
+                    "drive every fused layer",
+                    self.primary,
+                    name,
+                    self.primary,
+                )

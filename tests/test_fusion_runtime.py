@@ -1,0 +1,123 @@
+"""The MoL runtime's forward pass: oracles against the source models, causality, routing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from mol._errors import ConfigError, UnsupportedArchitectureError
+from mol.fusion import MoLConfig, MoLRuntime
+
+from .merge_fixtures import gpt2_config, llama_config, save_random
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fusion")
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(4)
+    mistral = MistralForCausalLM(
+        MistralConfig(
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=96,
+        )
+    )
+    mistral.save_pretrained(root / "mistral")
+    return {
+        "llama": str(save_random(root / "llama", llama_config(num_hidden_layers=3), 1)),
+        "gpt2": str(save_random(root / "gpt2", gpt2_config(n_layer=3), 2)),
+        "wide-llama": str(
+            save_random(
+                root / "wide",
+                llama_config(hidden_size=48, num_attention_heads=4, num_key_value_heads=2),
+                3,
+            )
+        ),
+        "mistral": str(root / "mistral"),
+    }
+
+
+def _single(path, **config):
+    runtime = MoLRuntime(MoLConfig(models=[path], **config))
+    runtime.setup_embeddings()
+    runtime.setup_lm_head()
+    n = runtime.infos[path].num_layers
+    for i in range(n):
+        runtime.add_layer([(path, i)], layer_idx=i)
+    return runtime.eval()
+
+
+IDS = torch.tensor([[0, 0, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6]])
+MASK = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mistral"])
+@pytest.mark.parametrize("router", ["simple", "token_level"])
+def test_one_model_with_all_its_layers_reproduces_its_logits(sources, family, router):
+    path = sources[family]
+    runtime = _single(path, router_type=router)
+    reference = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        want = reference(IDS, attention_mask=MASK).logits
+        got = runtime.compute_logits(IDS, MASK)
+    real = MASK.bool()
+    torch.testing.assert_close(got[real], want[real], rtol=0, atol=1e-5)
+
+
+def test_heterogeneous_fusion_is_causal_and_routes(sources):
+    primary, partner = sources["gpt2"], sources["wide-llama"]
+    for router in ("simple", "token_level"):
+        runtime = MoLRuntime(MoLConfig(models=[primary, partner], router_type=router))
+        runtime.setup_embeddings()
+        runtime.setup_lm_head()
+        for i in range(2):
+            runtime.add_layer([(primary, i), (partner, i)], layer_idx=i)
+        runtime.eval()
+        assert runtime.target_hidden_dim == 32
+        assert runtime.layers[0].in_adapters[1].out_dim == 48
+        ids = torch.tensor([[5, 6, 7, 8, 9]])
+        changed = ids.clone()
+        changed[0, 3:] = torch.tensor([30, 31])
+        with torch.no_grad():
+            a = runtime.compute_logits(ids)
+            b = runtime.compute_logits(changed)
+            hidden, stats = runtime.forward(ids, return_router_stats=True)
+        assert torch.equal(a[:, :3], b[:, :3])
+        assert not torch.equal(a[:, 3:], b[:, 3:])
+        assert set(stats) == {0, 1}
+        torch.testing.assert_close(stats[0]["expert_weights"].sum(), torch.tensor(1.0))
+        assert stats[0]["token_weights"].shape == (1, 5, 2)
+        assert hidden.shape == (1, 5, 32)
+
+
+def test_trainable_parts_are_adapters_and_routers_only(sources):
+    path = sources["llama"]
+    runtime = _single(path)
+    trainable = {n for n, p in runtime.named_parameters() if p.requires_grad}
+    assert trainable and all(
+        ("adapter" in n or "router" in n or n.startswith(("embed_in", "head_out")))
+        for n in trainable
+    )
+    logits = runtime.train().compute_logits(IDS, MASK)
+    logits.float().pow(2).mean().backward()
+    assert runtime.layers[0].router.gate.weight.grad is not None
+
+
+def test_bad_requests_are_clear_errors(sources):
+    path = sources["llama"]
+    runtime = MoLRuntime(MoLConfig(models=[path], max_layers=1))
+    with pytest.raises(UnsupportedArchitectureError, match=r"has 3 layers \(0..2\); layer 7"):
+        runtime.add_layer([(path, 7)])
+    with pytest.raises(ConfigError, match="is not in MoLConfig.models"):
+        runtime.add_layer([("elsewhere", 0)])
+    runtime.add_layer([(path, 0)])
+    with pytest.raises(ConfigError, match="max_layers is 1"):
+        runtime.add_layer([(path, 1)])
+    with pytest.raises(ConfigError, match="adapter_type"):
+        MoLConfig(models=[path], adapter_type="conv")
