@@ -121,3 +121,48 @@ def test_bad_requests_are_clear_errors(sources):
         runtime.add_layer([(path, 1)])
     with pytest.raises(ConfigError, match="adapter_type"):
         MoLConfig(models=[path], adapter_type="conv")
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_single_model_runtime_generates_what_the_model_generates(sources, family):
+    path = sources[family]
+    runtime = _single(path)
+    reference = AutoModelForCausalLM.from_pretrained(path).eval()
+    ids = torch.tensor([[0, 0, 7, 8, 9], [1, 2, 3, 4, 5]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    want = reference.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    got = runtime.generate(ids, attention_mask=mask, **kwargs)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("router", ["simple", "token_level"])
+def test_cached_generation_equals_uncached_generation(sources, router):
+    primary, partner = sources["gpt2"], sources["wide-llama"]
+    runtime = MoLRuntime(MoLConfig(models=[primary, partner], router_type=router))
+    runtime.setup_embeddings()
+    runtime.setup_lm_head()
+    for i in range(2):
+        runtime.add_layer([(primary, i), (partner, i)], layer_idx=i)
+    torch.manual_seed(0)
+    for layer in runtime.layers:  # decisive routers, so a wrong pooling state would show
+        layer.router.gate.weight.data.normal_(std=2.0)
+    runtime.eval()
+    ids = torch.tensor([[0, 5, 6, 7], [8, 9, 10, 11]])
+    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
+    cached = runtime.generate(ids, attention_mask=mask, use_cache=True, **kwargs)
+    uncached = runtime.generate(ids, attention_mask=mask, use_cache=False, **kwargs)
+    assert cached.shape == (2, 14)
+    assert torch.equal(cached, uncached)
+    sampled = runtime.generate(
+        ids,
+        attention_mask=mask,
+        do_sample=True,
+        top_p=0.9,
+        temperature=0.8,
+        max_new_tokens=5,
+        no_repeat_ngram_size=2,
+        pad_token_id=0,
+    )
+    assert sampled.shape == (2, 9)

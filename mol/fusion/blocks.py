@@ -42,9 +42,11 @@ class ExpertBlock(nn.Module):
         self.config = config
         self.source = source
         self.hidden_dim = int(config.hidden_size)
+        self.slot = 0
 
     def set_cache_slot(self, slot: int) -> None:
         """Give the block's attention a unique cache index inside the fused model."""
+        self.slot = slot
         for module in self.block.modules():
             if hasattr(module, "layer_idx"):
                 module.layer_idx = slot
@@ -64,6 +66,7 @@ class ExpertBlock(nn.Module):
             attention_mask=attention_mask,
             past_key_values=past_key_values,
             position_ids=position_ids,
+            layer_idx=self.slot,  # its own slot sizes the mask: not yet updated for these tokens
         )
         kwargs = {}
         if self.rotary is not None:

@@ -50,16 +50,17 @@ class FusedLayer(nn.Module):
         past_key_values=None,
         use_cache: bool = False,
         token_mask: torch.Tensor | None = None,
+        router_state: dict | None = None,
     ) -> tuple[torch.Tensor, RouterOutput]:
         """``hidden (B, T, D)`` -> ``(hidden (B, T, D), RouterOutput)``.
 
         ``attention_mask`` is the 2-D padding mask over past and current tokens;
         ``token_mask (B, T)`` marks the current tokens that are real (default: its last T
-        columns).
+        columns). ``router_state`` is the router's state after earlier tokens (with a cache).
         """
         if token_mask is None:
             token_mask = attention_mask[:, -hidden.shape[1] :].bool()
-        routing = self.router(hidden, token_mask)
+        routing = self.router(hidden, token_mask, router_state)
         out = hidden
         always = past_key_values is not None  # a cached expert must see every token
         for i, (expert, a_in, a_out) in enumerate(

@@ -31,12 +31,14 @@ class RouterOutput:
         probs: ``(B, T, E)`` softmax probabilities before top-k (for the auxiliary losses).
         logits: ``(B, T, E)`` raw logits (for the z-loss).
         mask: ``(B, T)`` bool, real tokens.
+        state: the router's running state after these tokens (simple router), for caching.
     """
 
     weights: torch.Tensor
     probs: torch.Tensor
     logits: torch.Tensor
     mask: torch.Tensor
+    state: dict | None = None
 
     def load_balancing_loss(self) -> torch.Tensor:
         """See :func:`mol.fusion.aux_losses.load_balancing_loss`."""
@@ -56,23 +58,35 @@ class RouterOutput:
         return flat.mean(dim=0) if flat.numel() else self.weights.new_zeros(self.weights.shape[-1])
 
 
-def causal_pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+def causal_pool(
+    hidden: torch.Tensor, mask: torch.Tensor, pooling: str = "mean", state: dict | None = None
+) -> tuple[torch.Tensor, dict]:
     """Summary of the real tokens up to each position: ``(B, T, D) -> (B, T, D)``.
 
     ``mean``: running mean over real tokens ``<= t``; ``max``: running maximum; ``last``: the
-    token itself. Positions before the first real token get zeros.
+    token itself. Positions before the first real token get zeros. ``state`` carries the
+    running sums / maxima of earlier chunks (token-by-token generation with a cache); the
+    updated state is returned with the pooled tensor.
     """
     m = mask.to(hidden.dtype).unsqueeze(-1)
+    state = state or {}
     if pooling == "mean":
         total = (hidden * m).cumsum(dim=1)
-        count = m.cumsum(dim=1).clamp_min(1.0)
-        return total / count
+        count = m.cumsum(dim=1)
+        if "sum" in state:
+            total = total + state["sum"].unsqueeze(1)
+            count = count + state["count"].unsqueeze(1)
+        pooled = total / count.clamp_min(1.0)
+        return pooled, {"sum": total[:, -1], "count": count[:, -1]}
     if pooling == "max":
         filled = hidden.masked_fill(~mask.bool().unsqueeze(-1), float("-inf"))
-        pooled = torch.cummax(filled, dim=1).values
-        return torch.where(torch.isinf(pooled), torch.zeros_like(pooled), pooled)
+        running = torch.cummax(filled, dim=1).values
+        if "max" in state:
+            running = torch.maximum(running, state["max"].unsqueeze(1))
+        pooled = torch.where(torch.isinf(running), torch.zeros_like(running), running)
+        return pooled, {"max": running[:, -1]}
     if pooling == "last":
-        return hidden * m
+        return hidden * m, {}
     raise ValueError(f"pooling_type must be 'mean', 'max' or 'last', got {pooling!r}")
 
 
@@ -133,10 +147,19 @@ class SimpleRouter(_Router):
         causal_pool(torch.zeros(1, 1, 1), torch.ones(1, 1, dtype=torch.bool), pooling_type)
         self.pooling_type = pooling_type
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> RouterOutput:
-        """``hidden (B, T, D)``, ``mask (B, T)`` -> :class:`RouterOutput`."""
+    def forward(
+        self, hidden: torch.Tensor, mask: torch.Tensor | None = None, state: dict | None = None
+    ) -> RouterOutput:
+        """``hidden (B, T, D)``, ``mask (B, T)`` -> :class:`RouterOutput`.
+
+        ``state`` is the pooling state of earlier tokens (generation with a cache); the new
+        state is in ``RouterOutput.state``.
+        """
         mask = _mask(hidden, mask)
-        return self._route(causal_pool(hidden, mask, self.pooling_type), mask)
+        pooled, new_state = causal_pool(hidden, mask, self.pooling_type, state)
+        out = self._route(pooled, mask)
+        out.state = new_state
+        return out
 
 
 class TokenLevelRouter(_Router):
@@ -164,8 +187,10 @@ class TokenLevelRouter(_Router):
             raise ValueError(f"noise_std must be >= 0, got {noise_std}")
         self.noise_std = noise_std
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> RouterOutput:
-        """``hidden (B, T, D)``, ``mask (B, T)`` -> :class:`RouterOutput`."""
+    def forward(
+        self, hidden: torch.Tensor, mask: torch.Tensor | None = None, state: dict | None = None
+    ) -> RouterOutput:
+        """``hidden (B, T, D)``, ``mask (B, T)`` -> :class:`RouterOutput` (needs no state)."""
         mask = _mask(hidden, mask)
         features = hidden
         out = self._route(features, mask)

@@ -109,6 +109,8 @@ class MoLRuntime(nn.Module):
         self.target_hidden_dim = config.target_hidden_dim or primary.hidden_dim
         self._tokenizer = None
         self._sources: dict[str, nn.Module] = {}
+        self._next_slot = 0  # every expert block gets its own KV-cache slot
+        self._primary_config = None
         self.layers = nn.ModuleList()
         self.embed_tokens: nn.Module | None = None
         self.embed_positions: nn.Module | None = None
@@ -131,6 +133,7 @@ class MoLRuntime(nn.Module):
     def setup_embeddings(self) -> None:
         """Take the primary's token (and absolute position) embeddings."""
         model, info = self._source(self.primary), self.infos[self.primary]
+        self._primary_config = model.config
         self.embed_tokens = resolve_module(model, info.embedding_path)
         if info.position_embedding_path:
             self.embed_positions = resolve_module(model, info.position_embedding_path)
@@ -170,7 +173,8 @@ class MoLRuntime(nn.Module):
                     f"model {name!r} is not in MoLConfig.models ({', '.join(self.infos)})"
                 )
             block = BlockExtractor(self._source(name), self.infos[name], name).extract(index)
-            block.set_cache_slot(position * 1000 + i)
+            block.set_cache_slot(self._next_slot)
+            self._next_slot += 1
             blocks.append(block)
             ins.append(self._adapter(self.target_hidden_dim, block.hidden_dim, seed=2 * i))
             outs.append(self._adapter(block.hidden_dim, self.target_hidden_dim, seed=2 * i + 1))
@@ -217,24 +221,91 @@ class MoLRuntime(nn.Module):
         """Next-token logits ``(B, T, V)``."""
         if self.lm_head is None:
             raise ConfigError("call setup_lm_head() first")
-        return self.lm_head(self._run(input_ids, attention_mask, position_ids)[0])
+        return self.lm_head(self.hidden_states(input_ids, attention_mask, position_ids))
 
-    def _run(self, input_ids, attention_mask, position_ids):
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool = False,
+    ) -> torch.Tensor:
+        """Final hidden states, optionally continuing from (and filling) a ``MoLCache``."""
+        return self._run(input_ids, attention_mask, position_ids, past_key_values, use_cache)[0]
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **generation_kwargs,
+    ) -> torch.Tensor:
+        """transformers' ``generate`` (greedy, sampling, beams, ``max_new_tokens``, ``top_p``,
+        ``no_repeat_ngram_size``, ...) with a KV cache across the fused blocks."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        tok = self._tokenizer
+        defaults = {}
+        if tok is not None and tok.pad_token_id is not None:
+            defaults["pad_token_id"] = tok.pad_token_id
+        return self.as_hf_model().generate(
+            input_ids=input_ids, attention_mask=attention_mask, **{**defaults, **generation_kwargs}
+        )
+
+    def as_hf_model(self):
+        """This runtime behind transformers' causal-LM interface (``MoLForCausalLM``)."""
+        from mol.fusion.hf import MoLForCausalLM, MoLHFConfig
+
+        if self.lm_head is None:
+            raise ConfigError("call setup_lm_head() first")
+        primary = self.infos[self.primary]
+        source_config = self._primary_config
+        config = MoLHFConfig(
+            vocab_size=primary.vocab_size,
+            hidden_size=self.target_hidden_dim,
+            num_hidden_layers=len(self.layers),
+            bos_token_id=getattr(source_config, "bos_token_id", None),
+            eos_token_id=getattr(source_config, "eos_token_id", None),
+            pad_token_id=getattr(source_config, "pad_token_id", None),
+        )
+        model = MoLForCausalLM(config, runtime=self)
+        model.eval() if not self.training else model.train()
+        return model
+
+    def _run(self, input_ids, attention_mask, position_ids, past_key_values=None, use_cache=False):
         if self.embed_tokens is None or self.norm is None:
             raise ConfigError("call setup_embeddings() and setup_lm_head() before running")
         if not len(self.layers):
             raise ConfigError("no fused layers: call add_layer() first")
+        past = past_key_values.get_seq_length(0) if past_key_values is not None else 0
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if position_ids is None:  # as the source models do without a cache
-            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+            attention_mask = torch.ones(
+                input_ids.shape[0],
+                past + input_ids.shape[1],
+                dtype=torch.long,
+                device=input_ids.device,
+            )
+        if position_ids is None:  # as the source models do: no padding offset
+            position_ids = (
+                torch.arange(input_ids.shape[1], device=input_ids.device) + past
+            ).unsqueeze(0)
         hidden = self.embed_tokens(input_ids)
         if self.embed_positions is not None:
             hidden = hidden + self.embed_positions(position_ids)
         hidden = self.embed_in(hidden)
+        states = getattr(past_key_values, "router_states", None)
         routings = []
-        for layer in self.layers:
-            hidden, routing = layer(hidden, attention_mask, position_ids)
+        for i, layer in enumerate(self.layers):
+            hidden, routing = layer(
+                hidden,
+                attention_mask,
+                position_ids,
+                past_key_values,
+                use_cache,
+                router_state=None if states is None else states.get(i),
+            )
+            if states is not None and use_cache and routing.state is not None:
+                states[i] = routing.state
             routings.append(routing)
         return self.norm(self.head_out(hidden)), routings
 
