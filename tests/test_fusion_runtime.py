@@ -166,3 +166,83 @@ def test_cached_generation_equals_uncached_generation(sources, router):
         pad_token_id=0,
     )
     assert sampled.shape == (2, 9)
+
+
+def _fused(sources, router="simple"):
+    primary, partner = sources["gpt2"], sources["wide-llama"]
+    runtime = MoLRuntime(
+        MoLConfig(
+            models=[primary, partner],
+            router_type=router,
+            adapter_type="bottleneck",
+            bottleneck_dim=8,
+        )
+    )
+    runtime.setup_embeddings()
+    runtime.setup_lm_head()
+    for i in range(2):
+        runtime.add_layer([(primary, i), (partner, i)], layer_idx=i)
+    torch.manual_seed(3)
+    with torch.no_grad():  # "train": move every trainable weight off its initial value
+        for p in runtime.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    return runtime.eval()
+
+
+def test_checkpoint_round_trip_gives_identical_logits(sources, tmp_path):
+    runtime = _fused(sources)
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    with torch.no_grad():
+        want = runtime.compute_logits(ids)
+    path = runtime.save_checkpoint(tmp_path / "ckpt")
+    from safetensors import safe_open
+
+    with safe_open(path / "trainable.safetensors", framework="pt") as f:
+        names = list(f.keys())
+    assert names and all("block" not in n and "embed_tokens" not in n for n in names)
+    loaded = MoLRuntime.load_checkpoint(path)
+    with torch.no_grad():
+        assert torch.equal(loaded.compute_logits(ids), want)
+
+
+def test_checkpoint_refuses_changed_sources_unless_told(sources, tmp_path):
+    import shutil
+
+    partner = tmp_path / "partner"
+    shutil.copytree(sources["wide-llama"], partner)
+    runtime = MoLRuntime(MoLConfig(models=[sources["gpt2"], str(partner)]))
+    runtime.setup_embeddings()
+    runtime.setup_lm_head()
+    runtime.add_layer([(sources["gpt2"], 0), (str(partner), 1)])
+    path = runtime.save_checkpoint(tmp_path / "ckpt")
+    save_random(
+        partner, llama_config(hidden_size=48, num_attention_heads=4, num_key_value_heads=2), seed=99
+    )  # the source changes
+    from mol._errors import CheckpointMismatchError
+
+    with pytest.raises(CheckpointMismatchError, match=r"layer0/.*partner:1"):
+        MoLRuntime.load_checkpoint(path)
+    MoLRuntime.load_checkpoint(path, allow_changed_sources=True)
+
+
+def test_self_contained_checkpoint_needs_no_sources(sources, tmp_path):
+    import shutil
+
+    primary, partner = tmp_path / "p", tmp_path / "q"
+    shutil.copytree(sources["gpt2"], primary)
+    shutil.copytree(sources["llama"], partner)
+    runtime = MoLRuntime(MoLConfig(models=[str(primary), str(partner)], router_type="token_level"))
+    runtime.setup_embeddings()
+    runtime.setup_lm_head()
+    runtime.add_layer([(str(primary), 0), (str(partner), 2)])
+    runtime.eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        want = runtime.compute_logits(ids)
+    path = runtime.save_checkpoint(tmp_path / "ckpt", include_experts=True)
+    shutil.rmtree(primary)
+    shutil.rmtree(partner)
+    loaded = MoLRuntime.load_checkpoint(path)
+    with torch.no_grad():
+        assert torch.equal(loaded.compute_logits(ids), want)

@@ -92,11 +92,13 @@ class MoLRuntime(nn.Module):
         hidden, stats = mol.forward(ids, mask, return_router_stats=True)
     """
 
-    def __init__(self, config: MoLConfig) -> None:
+    def __init__(self, config: MoLConfig, *, _offline_sources: dict | None = None) -> None:
         super().__init__()
         self.config = config
+        # a self-contained checkpoint rebuilds sources from saved configs, without weights
+        self._offline = _offline_sources
         self.infos: dict[str, ArchitectureInfo] = {
-            m: detect_architecture(m, trust_remote_code=config.trust_remote_code)
+            m: detect_architecture(self._where(m), trust_remote_code=config.trust_remote_code)
             for m in config.models
         }
         self.primary = config.models[0]
@@ -124,7 +126,7 @@ class MoLRuntime(nn.Module):
         """The primary model's tokenizer (loaded on first use; warns if partners differ)."""
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(
-                self.primary, trust_remote_code=self.config.trust_remote_code
+                self._where(self.primary), trust_remote_code=self.config.trust_remote_code
             )
             self._warn_on_tokenizer_mismatch()
         return self._tokenizer
@@ -310,7 +312,58 @@ class MoLRuntime(nn.Module):
         return self.norm(self.head_out(hidden)), routings
 
     # -- helpers ----------------------------------------------------------------------------
+    def _where(self, name: str):
+        return self._offline[name] if self._offline else name
+
+    def source_config(self, name: str):
+        """The transformers config of source model ``name``."""
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(
+            self._where(name), trust_remote_code=self.config.trust_remote_code
+        )
+
+    def config_dict(self) -> dict:
+        """The :class:`MoLConfig` as a JSON-serialisable dict."""
+        import dataclasses
+
+        data = dataclasses.asdict(self.config)
+        data.pop("extra")
+        return data
+
+    def save_checkpoint(
+        self,
+        path,
+        use_safetensors: bool = True,
+        include_experts: bool = False,
+        overwrite: bool = False,
+    ):
+        """Save the recipe and trainable weights (see :mod:`mol.fusion.checkpoint`)."""
+        from mol.fusion.checkpoint import save_checkpoint
+
+        return save_checkpoint(
+            self,
+            path,
+            use_safetensors=use_safetensors,
+            include_experts=include_experts,
+            overwrite=overwrite,
+        )
+
+    @classmethod
+    def load_checkpoint(cls, path, allow_changed_sources: bool = False) -> MoLRuntime:
+        """Rebuild a runtime saved with :meth:`save_checkpoint` (identical logits)."""
+        from mol.fusion.checkpoint import load_checkpoint
+
+        return load_checkpoint(path, allow_changed_sources=allow_changed_sources)
+
     def _source(self, name: str) -> nn.Module:
+        if name not in self._sources and self._offline:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_config(self.source_config(name)).eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self._sources[name] = model
         if name not in self._sources:
             model = load_causal_lm(name, trust_remote_code=self.config.trust_remote_code)
             for p in model.parameters():
@@ -349,7 +402,9 @@ class MoLRuntime(nn.Module):
         reference = self._tokenizer.get_vocab()
         for name in self.config.models[1:]:
             try:
-                other = load_tokenizer(name, trust_remote_code=self.config.trust_remote_code)
+                other = load_tokenizer(
+                    self._where(name), trust_remote_code=self.config.trust_remote_code
+                )
             except OSError:
                 logger.warning(
                     "%s has no tokenizer; %s's tokenizer drives the fusion", name, self.primary
