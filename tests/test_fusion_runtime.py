@@ -246,3 +246,19 @@ def test_self_contained_checkpoint_needs_no_sources(sources, tmp_path):
     loaded = MoLRuntime.load_checkpoint(path)
     with torch.no_grad():
         assert torch.equal(loaded.compute_logits(ids), want)
+
+
+def test_transformers_api_round_trip(sources, tmp_path):
+    runtime = _fused(sources, router="token_level")
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    with torch.no_grad():
+        want = runtime.compute_logits(ids)
+    runtime.as_hf_model().save_pretrained(tmp_path / "hf")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    from mol.fusion import MoLForCausalLM
+
+    assert isinstance(model, MoLForCausalLM)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, want)
+    out = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 9)

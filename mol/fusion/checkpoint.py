@@ -6,6 +6,8 @@ A checkpoint directory holds:
   fused layer) and a SHA-256 fingerprint of every source part the runtime uses (each expert
   block, the primary's embeddings, final norm and head), computed from the tensors themselves;
 * ``trainable.safetensors``: adapters and routers (everything the runtime trains);
+* ``config.json``: the transformers config (``model_type: mol_fusion``), so
+  ``AutoModelForCausalLM.from_pretrained(path)`` rebuilds it too;
 * with ``include_experts=True``, ``experts.safetensors`` with every other weight too and
   ``sources/<i>/config.json`` per source model, so the checkpoint rebuilds without the sources.
 
@@ -99,6 +101,8 @@ def save_checkpoint(
             if runtime._tokenizer is not None or _has_tokenizer(runtime):
                 runtime.tokenizer.save_pretrained(tmp / "sources" / "0")
         (tmp / "mol_config.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        # config.json makes the directory loadable by AutoModelForCausalLM.from_pretrained
+        runtime.as_hf_model().config.to_json_file(tmp / "config.json")
     return Path(path).absolute()
 
 

@@ -9,7 +9,14 @@ token-by-token generation sees exactly what a full forward pass sees.
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache, GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    DynamicCache,
+    GenerationMixin,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 __all__ = ["MoLCache", "MoLHFConfig", "MoLForCausalLM"]
@@ -77,6 +84,38 @@ class MoLForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError("MoLForCausalLM wraps a MoLRuntime: pass runtime=")
         self.runtime = runtime
 
+    @classmethod
+    def from_pretrained(cls, path, *args, allow_changed_sources: bool = False, **kwargs):
+        """Rebuild from a MoL checkpoint directory (``MoLRuntime.save_checkpoint`` or
+        :meth:`save_pretrained`); other ``from_pretrained`` options do not apply."""
+        from mol.fusion.runtime import MoLRuntime
+
+        # AutoModelForCausalLM passes its own bookkeeping (config, revision, adapter_kwargs...)
+        ignored = {
+            "config",
+            "revision",
+            "adapter_kwargs",
+            "trust_remote_code",
+            "dtype",
+            "torch_dtype",
+            "_from_auto",
+            "_commit_hash",
+        }
+        unused = {k for k, v in kwargs.items() if k not in ignored and v is not None}
+        if args or unused:
+            raise TypeError(
+                f"MoLForCausalLM.from_pretrained takes a path only, got {sorted(unused)}"
+            )
+        return MoLRuntime.load_checkpoint(
+            path, allow_changed_sources=allow_changed_sources
+        ).as_hf_model()
+
+    def save_pretrained(self, save_directory, *, include_experts: bool = False, **kwargs) -> None:
+        """Write a MoL checkpoint (replacing ``save_directory``), loadable by ``from_pretrained``."""
+        self.runtime.save_checkpoint(
+            save_directory, include_experts=include_experts, overwrite=True
+        )
+
     def get_input_embeddings(self) -> torch.nn.Module:
         """The primary model's token embeddings."""
         return self.runtime.embed_tokens
@@ -128,3 +167,7 @@ class MoLForCausalLM(PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, past_key_values=past_key_values if use_cache else None
         )
+
+
+AutoConfig.register(MoLHFConfig.model_type, MoLHFConfig)
+AutoModelForCausalLM.register(MoLHFConfig, MoLForCausalLM)
