@@ -262,3 +262,68 @@ def test_transformers_api_round_trip(sources, tmp_path):
         assert torch.equal(model(input_ids=ids).logits, want)
     out = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert out.shape == (1, 9)
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(5)
+    model = BertForMaskedLM(
+        BertConfig(
+            hidden_size=40,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=56,
+            vocab_size=96,
+        )
+    )
+    path = tmp_path_factory.mktemp("bert") / "bert"
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("router", ["simple", "token_level"])
+@pytest.mark.parametrize("top_k", [None, 1])
+def test_every_family_stays_causal_inside_the_stack(sources, bert, router, top_k):
+    primary = sources["gpt2"]
+    partners = [sources["llama"], sources["mistral"], bert]
+    runtime = MoLRuntime(
+        MoLConfig(models=[primary, *partners], router_type=router, top_k_experts=top_k)
+    )
+    runtime.setup_embeddings()
+    runtime.setup_lm_head()
+    for i in range(2):
+        runtime.add_layer([(primary, i), *[(p, i) for p in partners]], layer_idx=i)
+    torch.manual_seed(0)
+    for layer in runtime.layers:
+        layer.router.gate.weight.data.normal_(std=1.0)
+    runtime.eval()
+    ids = torch.tensor([[4, 5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        base = runtime.compute_logits(ids)
+        for t in range(ids.shape[1] - 1):
+            changed = ids.clone()
+            changed[0, t + 1] = 50
+            out = runtime.compute_logits(changed)
+            assert torch.equal(out[:, : t + 1], base[:, : t + 1]), f"position <= {t} changed"
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(
+        runtime.generate(ids, use_cache=True, **kwargs),
+        runtime.generate(ids, use_cache=False, **kwargs),
+    )
+
+
+def test_unsupported_families_are_named(sources, tmp_path):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    T5ForConditionalGeneration(
+        T5Config(d_model=32, d_ff=48, num_layers=1, num_heads=4, vocab_size=96, d_kv=8)
+    ).save_pretrained(tmp_path / "t5")
+    runtime = MoLRuntime(MoLConfig(models=[sources["gpt2"], str(tmp_path / "t5")]))
+    with pytest.raises(
+        UnsupportedArchitectureError, match=r"t5 \(encoder-decoder\) blocks cannot be fused"
+    ):
+        runtime.add_layer([(str(tmp_path / "t5"), 0)])
+    with pytest.raises(UnsupportedArchitectureError, match="primary model must be a decoder-only"):
+        MoLRuntime(MoLConfig(models=[str(tmp_path / "t5")]))

@@ -5,6 +5,9 @@ attention implementation expects (``create_causal_mask`` with that config), and,
 families, ``position_embeddings`` from its own model's rotary module and config. The block
 builds both itself from the 2-D padding mask and the position ids, so blocks of different
 families can sit side by side in one fused layer.
+
+Encoder blocks (BERT family) attend both ways in their own model; inside the causal stack they
+always get an explicit causal mask, so no position ever sees a later one.
 """
 
 from __future__ import annotations
@@ -18,29 +21,35 @@ from transformers.masking_utils import create_causal_mask
 from mol._errors import UnsupportedArchitectureError
 from mol.arch import ArchitectureInfo, resolve_module
 
-__all__ = ["DECODER_FAMILIES", "ExpertBlock", "BlockExtractor"]
+__all__ = ["DECODER_FAMILIES", "ENCODER_FAMILIES", "ExpertBlock", "BlockExtractor"]
 
 # Families whose decoder layers take (hidden, attention_mask=, position_ids=, past_key_values=,
 # use_cache=, [position_embeddings=]) and whose models add nothing between layers.
 DECODER_FAMILIES = frozenset({"gpt2", "llama", "mistral", "qwen2", "qwen3"})
+# Encoder families whose layers take (hidden, attention_mask=, past_key_values=).
+ENCODER_FAMILIES = frozenset({"bert", "roberta"})
 
 
 class ExpertBlock(nn.Module):
     """One layer of a source model with what it needs to run: ``(B, T, d) -> (B, T, d)``.
 
     Args:
-        block: the decoder layer module (a private copy: changing it never touches the source).
+        block: the layer module (a private copy: changing it never touches the source).
         config: the source model's config (attention implementation, sliding window, ...).
         rotary: the source model's rotary embedding module, or None (absolute positions).
         source: ``"model:layer"``, for messages and checkpoints.
+        encoder: the block comes from an encoder (bidirectional) model.
     """
 
-    def __init__(self, block: nn.Module, config, rotary: nn.Module | None, source: str) -> None:
+    def __init__(
+        self, block: nn.Module, config, rotary: nn.Module | None, source: str, encoder: bool = False
+    ) -> None:
         super().__init__()
         self.block = block
         self.rotary = rotary
         self.config = config
         self.source = source
+        self.encoder = encoder
         self.hidden_dim = int(config.hidden_size)
         self.slot = 0
 
@@ -67,7 +76,11 @@ class ExpertBlock(nn.Module):
             past_key_values=past_key_values,
             position_ids=position_ids,
             layer_idx=self.slot,  # its own slot sizes the mask: not yet updated for these tokens
+            allow_is_causal_skip=not self.encoder,  # an encoder is not causal by itself
         )
+        if self.encoder:
+            out = self.block(hidden, attention_mask=mask, past_key_values=past_key_values)
+            return out[0] if isinstance(out, tuple) else out
         kwargs = {}
         if self.rotary is not None:
             kwargs["position_embeddings"] = self.rotary(hidden, position_ids=position_ids)
@@ -83,23 +96,29 @@ class ExpertBlock(nn.Module):
 
 
 class BlockExtractor:
-    """Take layers out of a loaded causal LM as :class:`ExpertBlock` objects.
+    """Take layers out of a loaded model as :class:`ExpertBlock` objects.
 
     Raises:
-        UnsupportedArchitectureError: the family is not a supported decoder family, or the
-            layer index is out of range (the message names the model and its layer count).
+        UnsupportedArchitectureError: the family is not supported (vision, encoder-decoder,
+            others), or the layer index is out of range (naming the model's layer count).
     """
 
     def __init__(self, model: nn.Module, arch: ArchitectureInfo, name: str) -> None:
-        if arch.architecture_type not in DECODER_FAMILIES:
-            raise UnsupportedArchitectureError(
-                f"{name}: {arch.architecture_type} ({arch.architecture_family}) blocks cannot be "
-                f"fused yet; supported: {', '.join(sorted(DECODER_FAMILIES))}"
-            )
+        self.check(arch, name)
         self.model, self.arch, self.name = model, arch, name
         self.layers = resolve_module(model, arch.layer_path)
         parent = resolve_module(model, arch.layer_path.rsplit(".", 1)[0])
         self.rotary = getattr(parent, "rotary_emb", None) if arch.rope is not None else None
+
+    @staticmethod
+    def check(arch: ArchitectureInfo, name: str) -> None:
+        """Raise UnsupportedArchitectureError unless ``arch``'s blocks can be fused (config only)."""
+        supported = DECODER_FAMILIES | ENCODER_FAMILIES
+        if arch.architecture_type not in supported:
+            raise UnsupportedArchitectureError(
+                f"{name}: {arch.architecture_type} ({arch.architecture_family}) blocks cannot be "
+                f"fused; supported families: {', '.join(sorted(supported))}"
+            )
 
     def extract(self, layer_idx: int) -> ExpertBlock:
         """A private copy of layer ``layer_idx`` with its model's rotary module and config."""
@@ -110,4 +129,5 @@ class BlockExtractor:
             )
         block = copy.deepcopy(self.layers[layer_idx])
         rotary = copy.deepcopy(self.rotary) if self.rotary is not None else None
-        return ExpertBlock(block, self.model.config, rotary, f"{self.name}:{layer_idx}")
+        encoder = self.arch.architecture_type in ENCODER_FAMILIES
+        return ExpertBlock(block, self.model.config, rotary, f"{self.name}:{layer_idx}", encoder)

@@ -174,6 +174,7 @@ class MoLRuntime(nn.Module):
                 raise ConfigError(
                     f"model {name!r} is not in MoLConfig.models ({', '.join(self.infos)})"
                 )
+            BlockExtractor.check(self.infos[name], name)  # before loading any weights
             block = BlockExtractor(self._source(name), self.infos[name], name).extract(index)
             block.set_cache_slot(self._next_slot)
             self._next_slot += 1
