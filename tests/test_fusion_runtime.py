@@ -327,3 +327,66 @@ def test_unsupported_families_are_named(sources, tmp_path):
         runtime.add_layer([(str(tmp_path / "t5"), 0)])
     with pytest.raises(UnsupportedArchitectureError, match="primary model must be a decoder-only"):
         MoLRuntime(MoLConfig(models=[str(tmp_path / "t5")]))
+
+
+def test_sparse_top1_runs_only_the_chosen_blocks_and_matches_dense(sources):
+    primary, partner = sources["gpt2"], sources["wide-llama"]
+    runtime = MoLRuntime(
+        MoLConfig(
+            models=[primary, partner], router_type="simple", pooling_type="last", top_k_experts=1
+        )
+    )
+    runtime.setup_embeddings()
+    runtime.setup_lm_head()
+    runtime.add_layer([(primary, 0), (partner, 0)])
+    layer = runtime.layers[0].eval()
+    calls = {0: [], 1: []}
+    for i, expert in enumerate(layer.experts):
+        expert.register_forward_hook(lambda m, a, o, i=i: calls[i].append(a[0].shape[0]))
+    # force a decision per row: row 0 -> expert 0, row 1 -> expert 1 (every position)
+    with torch.no_grad():
+        layer.router.gate.weight.zero_()
+        layer.router.gate.bias.zero_()
+    hidden = torch.randn(2, 4, 32)
+    mask = torch.ones(2, 4, dtype=torch.long)
+    pos = torch.arange(4)[None]
+    from mol.fusion.routers import RouterOutput
+
+    weights = torch.zeros(2, 4, 2)
+    weights[0, :, 0] = 1
+    weights[1, :, 1] = 1
+    layer.router.forward = lambda h, m, s=None: RouterOutput(weights, weights, weights, m.bool())
+    with torch.no_grad():
+        sparse, _ = layer(hidden, mask, pos)
+    assert calls == {0: [1], 1: [1]}  # each block ran on its one row
+    with torch.no_grad():  # the dense computation, expert by expert, gives the same
+        dense = hidden.clone()
+        for i in range(2):
+            x = layer.in_adapters[i](hidden)
+            y = layer.experts[i](x, mask, pos)
+            dense = dense + weights[..., i : i + 1] * layer.out_adapters[i](y - x)
+    torch.testing.assert_close(sparse, dense, rtol=0, atol=1e-6)
+
+
+def test_partner_with_another_tokenizer_warns(sources, tmp_path, caplog):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    def tok(words, path):
+        t = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
+        t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        PreTrainedTokenizerFast(tokenizer_object=t, unk_token=words[0]).save_pretrained(path)
+
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(sources["gpt2"], a)
+    shutil.copytree(sources["llama"], b)
+    tok([f"w{i}" for i in range(96)], a)
+    tok([f"v{i}" for i in range(96)], b)
+    runtime = MoLRuntime(MoLConfig(models=[str(a), str(b)]))
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="mol"):
+        assert runtime.tokenizer.get_vocab()["w3"] == 3
+    assert "tokenizers differ" in caplog.text and str(a) in caplog.text and str(b) in caplog.text

@@ -18,8 +18,12 @@ class FusedLayer(nn.Module):
     to the target width by ``out_i``. Working on the update (rather than ``out_i`` of the
     block's whole output) keeps the target-width residual stream intact when an expert is
     narrower than the target. With one expert, identity adapters and weight 1 the layer is
-    exactly that block. Experts whose weight is zero for every real token of the batch are
-    skipped (sparse routing).
+    exactly that block.
+
+    Sparse execution: without a cache, an expert runs only on the batch rows where some token
+    gives it a non-zero weight (rows grouped by expert), and not at all when no row does; with
+    top-1 simple routing that is one block per row. With a KV cache (generation) every expert
+    runs on every row, so its cache stays complete whatever later tokens choose.
 
     Args:
         experts: the blocks, one per source.
@@ -62,14 +66,21 @@ class FusedLayer(nn.Module):
             token_mask = attention_mask[:, -hidden.shape[1] :].bool()
         routing = self.router(hidden, token_mask, router_state)
         out = hidden
-        always = past_key_values is not None  # a cached expert must see every token
+        cached = past_key_values is not None  # a cached expert must see every row and token
         for i, (expert, a_in, a_out) in enumerate(
             zip(self.experts, self.in_adapters, self.out_adapters, strict=True)
         ):
             weight = routing.weights[..., i : i + 1]
-            if not always and not bool((weight != 0).any()):
-                continue
-            x = a_in(hidden)
-            y = expert(x, attention_mask, position_ids, past_key_values, use_cache)
-            out = out + weight.to(hidden.dtype) * a_out(y - x)
+            rows = (weight != 0).flatten(1).any(dim=1)  # (B,) rows that use this expert
+            if cached or bool(rows.all()):
+                x = a_in(hidden)
+                y = expert(x, attention_mask, position_ids, past_key_values, use_cache)
+                out = out + weight.to(hidden.dtype) * a_out(y - x)
+            elif bool(rows.any()):  # run the block on its rows only
+                idx = rows.nonzero().squeeze(1)
+                pos = position_ids if position_ids.shape[0] == 1 else position_ids[idx]
+                x = a_in(hidden[idx])
+                y = expert(x, attention_mask[idx], pos)
+                update = weight[idx].to(hidden.dtype) * a_out(y - x)
+                out = out.index_add(0, idx, update)
         return out, routing
