@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mol._errors import ModelNotFoundError
+from mol._progress import is_quiet
 from mol.io._layout import find_checkpoint, pickle_refused
 from mol.io._resolve import default_allow_patterns, resolve_model_dir
 
@@ -79,8 +80,11 @@ def load_causal_lm(
     if dtype is not None:
         kwargs["dtype"] = dtype
     # Imported here: transformers takes seconds to import, and the rest of mol.io needs none of it.
+    import transformers
     from transformers import AutoModelForCausalLM
 
+    if is_quiet():  # --quiet / MOL_QUIET silence transformers' loading bars too
+        transformers.utils.logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     if device is not None:
         model = model.to(device)
