@@ -390,3 +390,29 @@ def test_partner_with_another_tokenizer_warns(sources, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="mol"):
         assert runtime.tokenizer.get_vocab()["w3"] == 3
     assert "tokenizers differ" in caplog.text and str(a) in caplog.text and str(b) in caplog.text
+
+
+def test_memory_efficient_loads_only_what_it_takes(sources, monkeypatch):
+    import mol.fusion.runtime as runtime_module
+
+    primary, partner = sources["gpt2"], sources["llama"]
+
+    def build(memory_efficient):
+        rt = MoLRuntime(MoLConfig(models=[primary, partner], memory_efficient=memory_efficient))
+        rt.setup_embeddings()
+        rt.setup_lm_head()
+        rt.add_layer([(primary, 1), (partner, 2)])
+        return rt.eval()
+
+    eager = build(False)
+    monkeypatch.setattr(
+        runtime_module,
+        "load_causal_lm",
+        lambda *a, **k: pytest.fail("memory_efficient loaded a whole model"),
+    )
+    lazy = build(True)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.equal(lazy.compute_logits(ids), eager.compute_logits(ids))
+    assert lazy.lm_head.weight is lazy.embed_tokens.weight  # GPT-2's tied head stays tied
+    assert not lazy._sources and not eager._sources  # only the taken parts remain

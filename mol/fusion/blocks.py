@@ -120,8 +120,12 @@ class BlockExtractor:
                 f"fused; supported families: {', '.join(sorted(supported))}"
             )
 
-    def extract(self, layer_idx: int) -> ExpertBlock:
-        """A private copy of layer ``layer_idx`` with its model's rotary module and config."""
+    def extract(self, layer_idx: int, materialise=None) -> ExpertBlock:
+        """A private copy of layer ``layer_idx`` with its model's rotary module and config.
+
+        ``materialise(module, prefix)``, when given, fills a meta-device copy from the
+        checkpoint (lazy loading: the rest of the model is never read).
+        """
         n = len(self.layers)
         if not 0 <= layer_idx < n:
             raise UnsupportedArchitectureError(
@@ -129,5 +133,9 @@ class BlockExtractor:
             )
         block = copy.deepcopy(self.layers[layer_idx])
         rotary = copy.deepcopy(self.rotary) if self.rotary is not None else None
+        if materialise is not None:
+            materialise(block, f"{self.arch.layer_path}.{layer_idx}.")
+            if rotary is not None:  # its buffers are computed from the config, not stored
+                rotary = type(self.rotary)(config=self.model.config)
         encoder = self.arch.architecture_type in ENCODER_FAMILIES
         return ExpertBlock(block, self.model.config, rotary, f"{self.name}:{layer_idx}", encoder)

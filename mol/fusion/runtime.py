@@ -136,18 +136,20 @@ class MoLRuntime(nn.Module):
         """Take the primary's token (and absolute position) embeddings."""
         model, info = self._source(self.primary), self.infos[self.primary]
         self._primary_config = model.config
-        self.embed_tokens = resolve_module(model, info.embedding_path)
+        self.embed_tokens = self._take(self.primary, info.embedding_path)
         if info.position_embedding_path:
-            self.embed_positions = resolve_module(model, info.position_embedding_path)
+            self.embed_positions = self._take(self.primary, info.position_embedding_path)
         self._release()
 
     def setup_lm_head(self) -> None:
         """Take the primary's final norm and LM head."""
-        model, info = self._source(self.primary), self.infos[self.primary]
+        info = self.infos[self.primary]
         if info.final_norm_path is None or info.lm_head_path is None:
             raise UnsupportedArchitectureError(f"{self.primary} has no final norm or LM head")
-        self.norm = resolve_module(model, info.final_norm_path)
-        self.lm_head = resolve_module(model, info.lm_head_path)
+        self.norm = self._take(self.primary, info.final_norm_path)
+        self.lm_head = self._take(self.primary, info.lm_head_path)
+        if info.tied_embeddings and self.embed_tokens is not None:
+            self.lm_head.weight = self.embed_tokens.weight  # tied, as in the primary
         self._release()
 
     def add_layer(self, experts: list[tuple[str, int]], layer_idx: int | None = None) -> FusedLayer:
@@ -175,14 +177,15 @@ class MoLRuntime(nn.Module):
                     f"model {name!r} is not in MoLConfig.models ({', '.join(self.infos)})"
                 )
             BlockExtractor.check(self.infos[name], name)  # before loading any weights
-            block = BlockExtractor(self._source(name), self.infos[name], name).extract(index)
+            extractor = BlockExtractor(self._source(name), self.infos[name], name)
+            block = extractor.extract(index, materialise=self._materialiser(name))
             block.set_cache_slot(self._next_slot)
             self._next_slot += 1
             blocks.append(block)
             ins.append(self._adapter(self.target_hidden_dim, block.hidden_dim, seed=2 * i))
             outs.append(self._adapter(block.hidden_dim, self.target_hidden_dim, seed=2 * i + 1))
         self._release()
-        layer = FusedLayer(blocks, ins, outs, self._router(len(blocks)))
+        layer = FusedLayer(blocks, ins, outs, self._router(len(blocks), seed=position))
         self.layers.append(layer)
         return layer
 
@@ -280,6 +283,7 @@ class MoLRuntime(nn.Module):
             raise ConfigError("call setup_embeddings() and setup_lm_head() before running")
         if not len(self.layers):
             raise ConfigError("no fused layers: call add_layer() first")
+        self._sources.clear()  # set-up is over: keep only the blocks, embeddings and head
         past = past_key_values.get_seq_length(0) if past_key_values is not None else 0
         if attention_mask is None:
             attention_mask = torch.ones(
@@ -358,6 +362,10 @@ class MoLRuntime(nn.Module):
         return load_checkpoint(path, allow_changed_sources=allow_changed_sources)
 
     def _source(self, name: str) -> nn.Module:
+        if name not in self._sources and self.config.memory_efficient and not self._offline:
+            from mol.fusion._lazy import meta_skeleton
+
+            self._sources[name] = meta_skeleton(self.source_config(name))
         if name not in self._sources and self._offline:
             from transformers import AutoModelForCausalLM
 
@@ -376,12 +384,37 @@ class MoLRuntime(nn.Module):
         if self.config.memory_efficient:
             self._sources.clear()
 
+    def _take(self, name: str, path: str) -> nn.Module:
+        """A module of source ``name`` (materialised from its checkpoint when lazy)."""
+        module = resolve_module(self._source(name), path)
+        materialise = self._materialiser(name)
+        if materialise is not None:
+            materialise(module, path + ".")
+        return module
+
+    def _materialiser(self, name: str):
+        """With ``memory_efficient``, a function that fills a meta module from the checkpoint."""
+        if not self.config.memory_efficient or self._offline:
+            return None
+        from mol.fusion._lazy import materialise_from_checkpoint
+
+        info = self.infos[name]
+        return lambda module, prefix: materialise_from_checkpoint(
+            module, prefix, name, info, trust_remote_code=self.config.trust_remote_code
+        )
+
     def _adapter(self, in_dim: int, out_dim: int, seed: int) -> nn.Module:
         if self.config.adapter_type == "bottleneck":
             return BottleneckAdapter(in_dim, out_dim, self.config.bottleneck_dim, seed=seed)
         return LinearAdapter(in_dim, out_dim, seed=seed)
 
-    def _router(self, num_experts: int) -> nn.Module:
+    def _router(self, num_experts: int, seed: int) -> nn.Module:
+        router = self._new_router(num_experts)
+        with torch.no_grad():  # seeded, so a runtime is rebuilt identically from its recipe
+            router.gate.weight.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(seed))
+        return router
+
+    def _new_router(self, num_experts: int) -> nn.Module:
         c = self.config
         if c.router_type == "token_level":
             return TokenLevelRouter(
