@@ -416,3 +416,90 @@ def test_memory_efficient_loads_only_what_it_takes(sources, monkeypatch):
         assert torch.equal(lazy.compute_logits(ids), eager.compute_logits(ids))
     assert lazy.lm_head.weight is lazy.embed_tokens.weight  # GPT-2's tied head stays tied
     assert not lazy._sources and not eager._sources  # only the taken parts remain
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_cached_top1_skips_unchosen_blocks_and_still_matches_uncached(sources, pooling):
+    """With a cache, a block no row chooses is skipped; it catches up when chosen again."""
+    primary, partner = sources["gpt2"], sources["wide-llama"]
+    runtime = MoLRuntime(
+        MoLConfig(
+            models=[primary, partner],
+            router_type="simple",
+            pooling_type=pooling,
+            top_k_experts=1,
+        )
+    )
+    runtime.setup_embeddings()
+    runtime.setup_lm_head()
+    for i in range(2):
+        runtime.add_layer([(primary, i), (partner, i)], layer_idx=i)
+    torch.manual_seed(1)
+    for layer in runtime.layers:  # decisive, token-dependent routing: the choice flips
+        layer.router.gate.weight.data.normal_(std=3.0)
+    runtime.eval()
+    lengths = {0: [], 1: []}  # tokens per block call
+    for layer in runtime.layers:
+        for i, expert in enumerate(layer.experts):
+            expert.register_forward_hook(lambda m, a, o, i=i: lengths[i].append(a[0].shape[1]))
+    ids = torch.tensor([[3, 17, 41, 5, 60, 2]])
+    kwargs = dict(max_new_tokens=24, do_sample=False, pad_token_id=0)
+    cached = runtime.generate(ids, use_cache=True, **kwargs)
+    calls = [n for v in lengths.values() for n in v]  # the cached run's block calls
+    assert torch.equal(cached, runtime.generate(ids, use_cache=False, **kwargs))
+    dense = 2 * 2 * (ids.shape[1] + kwargs["max_new_tokens"] - 1)  # 2 layers x 2 experts
+    assert sum(calls) < dense  # some block-token work was skipped ...
+    catch_ups = [n for n in calls if 1 < n < ids.shape[1]]
+    if pooling == "last":  # ... and, where choices flip, skipped blocks caught up
+        assert catch_ups
+    with torch.no_grad():  # and the routing did use both experts somewhere
+        _, stats = runtime.forward(cached, return_router_stats=True)
+    used = torch.stack([s["token_weights"][0].sum(0) for s in stats.values()]).sum(0)
+    assert bool((used > 0).all())
+
+
+def test_device_map_offloads_layers_and_keeps_the_logits(sources, tmp_path):
+    """accelerate places the built runtime; layers offloaded to disk still compute the same."""
+    runtime = _fused(sources)
+    ids = torch.tensor([[4, 5, 6, 7, 8]])
+    with torch.no_grad():
+        want = runtime.compute_logits(ids)
+        kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+        want_generated = runtime.generate(ids, **kwargs)
+    device_map = {
+        "layers.0": "cpu",
+        "layers.1": "disk",
+        "embed_tokens": "cpu",
+        "embed_positions": "cpu",
+        "embed_in": "cpu",
+        "norm": "cpu",
+        "lm_head": "cpu",
+        "head_out": "cpu",
+    }
+    with pytest.raises(ConfigError, match="offload_folder"):
+        runtime.dispatch(device_map)
+    with pytest.raises(ConfigError, match=r"does not have: \['layers\.7'\]"):
+        runtime.dispatch({**device_map, "layers.7": "cpu"}, offload_folder=str(tmp_path))
+    placed = runtime.dispatch(device_map, offload_folder=str(tmp_path / "offload"))
+    assert placed == device_map
+    # the offloaded layer's weights live on disk, not in memory
+    assert all(p.device.type == "meta" for p in runtime.layers[1].parameters())
+    assert any((tmp_path / "offload").iterdir())
+    with torch.no_grad():
+        torch.testing.assert_close(runtime.compute_logits(ids), want, rtol=0, atol=1e-6)
+        assert torch.equal(runtime.generate(ids, **kwargs), want_generated)
+    with pytest.raises(ConfigError, match="already dispatched"):
+        runtime.dispatch("auto")
+
+
+def test_device_map_auto_in_the_config_is_applied_after_set_up(sources):
+    primary = sources["llama"]
+    runtime = _single(primary, device_map="auto")
+    reference = AutoModelForCausalLM.from_pretrained(primary).eval()
+    with torch.no_grad():
+        got = runtime.compute_logits(IDS, MASK)
+        want = reference(input_ids=IDS, attention_mask=MASK).logits
+    assert runtime.device_map is not None and set(runtime.device_map.values()) <= {"cpu", 0}
+    torch.testing.assert_close(got[MASK.bool()], want[MASK.bool()], rtol=0, atol=1e-5)
+    with pytest.raises(ConfigError, match="device_map must be a dict or one of"):
+        MoLConfig(models=[primary], device_map="everywhere")

@@ -23,17 +23,44 @@ __all__ = ["MoLCache", "MoLHFConfig", "MoLForCausalLM"]
 
 
 class MoLCache(DynamicCache):
-    """A DynamicCache (one slot per expert block) plus the routers' running state per layer."""
+    """A DynamicCache (one slot per expert block) plus the routers' running state per layer.
+
+    It also holds the *deferred* inputs of expert blocks that were skipped (no row chose them
+    for some tokens): ``(B, t, d)`` hidden states and ``(B, t)`` position ids per slot, run
+    through the block the next time it is used, so its KV cache is complete when it matters.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.router_states: dict[int, dict[str, torch.Tensor]] = {}
+        self.deferred: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def defer(self, slot: int, hidden: torch.Tensor, position_ids: torch.Tensor) -> None:
+        """Keep block ``slot``'s inputs for tokens it did not run on."""
+        position_ids = position_ids.expand(hidden.shape[0], -1)
+        if slot in self.deferred:
+            old_h, old_p = self.deferred[slot]
+            hidden, position_ids = (
+                torch.cat([old_h, hidden], 1),
+                torch.cat([old_p, position_ids], 1),
+            )
+        self.deferred[slot] = (hidden, position_ids)
+
+    def take_deferred(self, slot: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Block ``slot``'s deferred inputs (removed from the cache), or None."""
+        return self.deferred.pop(slot, None)
+
+    def seen_tokens(self, slot: int = 0) -> int:
+        """Tokens processed so far: block ``slot``'s cache length plus its deferred tokens."""
+        pending = self.deferred[slot][0].shape[1] if slot in self.deferred else 0
+        return self.get_seq_length(slot) + pending
 
     def _map_states(self, fn) -> None:
         self.router_states = {
             layer: {k: fn(v) for k, v in state.items()}
             for layer, state in self.router_states.items()
         }
+        self.deferred = {slot: (fn(h), fn(p)) for slot, (h, p) in self.deferred.items()}
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Reorder the batch (beam search), router states included."""
@@ -115,6 +142,11 @@ class MoLForCausalLM(PreTrainedModel, GenerationMixin):
         self.runtime.save_checkpoint(
             save_directory, include_experts=include_experts, overwrite=True
         )
+
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the token embeddings' device (also when dispatched)."""
+        return self.runtime._input_device()
 
     def get_input_embeddings(self) -> torch.nn.Module:
         """The primary model's token embeddings."""

@@ -22,8 +22,11 @@ class FusedLayer(nn.Module):
 
     Sparse execution: without a cache, an expert runs only on the batch rows where some token
     gives it a non-zero weight (rows grouped by expert), and not at all when no row does; with
-    top-1 simple routing that is one block per row. With a KV cache (generation) every expert
-    runs on every row, so its cache stays complete whatever later tokens choose.
+    top-1 simple routing that is one block per row. With a KV cache (generation) an expert that
+    no row uses for the current tokens is skipped too: its inputs are kept in the cache
+    (:meth:`~mol.fusion.hf.MoLCache.defer`) and run through the block, filling its KV cache,
+    the next time any row chooses it. So a sequence that stays with one expert runs one block
+    per layer, and the result is exactly what running every expert would give.
 
     Args:
         experts: the blocks, one per source.
@@ -72,9 +75,15 @@ class FusedLayer(nn.Module):
         ):
             weight = routing.weights[..., i : i + 1]
             rows = (weight != 0).flatten(1).any(dim=1)  # (B,) rows that use this expert
-            if cached or bool(rows.all()):
+            if cached and not bool(rows.any()):  # unused now: fill its cache when next used
+                past_key_values.defer(expert.slot, a_in(hidden), position_ids)
+            elif cached:
                 x = a_in(hidden)
-                y = expert(x, attention_mask, position_ids, past_key_values, use_cache)
+                y = self._run_cached(expert, x, attention_mask, position_ids, past_key_values)
+                out = out + weight.to(hidden.dtype) * a_out(y - x)
+            elif bool(rows.all()):
+                x = a_in(hidden)
+                y = expert(x, attention_mask, position_ids)
                 out = out + weight.to(hidden.dtype) * a_out(y - x)
             elif bool(rows.any()):  # run the block on its rows only
                 idx = rows.nonzero().squeeze(1)
@@ -84,3 +93,14 @@ class FusedLayer(nn.Module):
                 update = weight[idx].to(hidden.dtype) * a_out(y - x)
                 out = out.index_add(0, idx, update)
         return out, routing
+
+    @staticmethod
+    def _run_cached(expert, x, attention_mask, position_ids, cache) -> torch.Tensor:
+        """Run ``expert`` on ``x`` with the cache, first catching up on deferred tokens."""
+        deferred = cache.take_deferred(expert.slot)
+        if deferred is None:
+            return expert(x, attention_mask, position_ids, cache, True)
+        past_x, past_pos = deferred
+        pos = torch.cat([past_pos, position_ids.expand(x.shape[0], -1)], dim=1)
+        y = expert(torch.cat([past_x, x], dim=1), attention_mask, pos, cache, True)
+        return y[:, -x.shape[1] :]

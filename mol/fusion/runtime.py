@@ -27,6 +27,8 @@ __all__ = ["MoLConfig", "MoLRuntime"]
 
 logger = logging.getLogger("mol")
 
+_AUTO_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
 
 @dataclass
 class MoLConfig:
@@ -46,6 +48,11 @@ class MoLConfig:
         pooling_type: the simple router's causal pooling (``mean``, ``max``, ``last``).
         noise_std: token-level router noise in training.
         trust_remote_code: allow models' own Python code (off by default).
+        device_map: hand placement to accelerate once set-up is over (the first forward):
+            ``"auto"``, ``"balanced"``, ``"sequential"`` or a dict of module name -> device
+            (``"cpu"``, ``"cuda:0"``, ``"disk"``...); see :meth:`MoLRuntime.dispatch`.
+        max_memory: per-device memory budget for ``device_map="auto"`` (accelerate's form).
+        offload_folder: where modules mapped to ``"disk"`` are kept.
     """
 
     models: list[str]
@@ -60,6 +67,9 @@ class MoLConfig:
     pooling_type: str = "mean"
     noise_std: float = 0.0
     trust_remote_code: bool = False
+    device_map: str | dict | None = None
+    max_memory: dict | None = None
+    offload_folder: str | None = None
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +87,11 @@ class MoLConfig:
             raise ConfigError(f"max_layers must be >= 1, got {self.max_layers}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if isinstance(self.device_map, str) and self.device_map not in _AUTO_MAPS:
+            raise ConfigError(
+                f"device_map must be a dict or one of {', '.join(_AUTO_MAPS)}, "
+                f"got {self.device_map!r}"
+            )
         if self.extra:
             raise ConfigError(f"unknown MoLConfig options: {sorted(self.extra)}")
 
@@ -109,6 +124,7 @@ class MoLRuntime(nn.Module):
                 f"got {primary.architecture_family} ({primary.architecture_type})"
             )
         self.target_hidden_dim = config.target_hidden_dim or primary.hidden_dim
+        self.device_map: dict | None = None  # set by dispatch()
         self._tokenizer = None
         self._sources: dict[str, nn.Module] = {}
         self._next_slot = 0  # every expert block gets its own KV-cache slot
@@ -284,7 +300,23 @@ class MoLRuntime(nn.Module):
         if not len(self.layers):
             raise ConfigError("no fused layers: call add_layer() first")
         self._sources.clear()  # set-up is over: keep only the blocks, embeddings and head
-        past = past_key_values.get_seq_length(0) if past_key_values is not None else 0
+        if self.config.device_map is not None and self.device_map is None:
+            self.dispatch(
+                self.config.device_map, self.config.max_memory, self.config.offload_folder
+            )
+        input_ids = input_ids.to(self._input_device())
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(input_ids.device)
+        if position_ids is not None:
+            position_ids = position_ids.to(input_ids.device)
+        if past_key_values is not None:
+            from mol.fusion.hf import MoLCache
+
+            if not isinstance(past_key_values, MoLCache):
+                raise TypeError(
+                    f"a MoL runtime needs a MoLCache, got {type(past_key_values).__name__}"
+                )
+        past = past_key_values.seen_tokens(0) if past_key_values is not None else 0
         if attention_mask is None:
             attention_mask = torch.ones(
                 input_ids.shape[0],
@@ -315,6 +347,60 @@ class MoLRuntime(nn.Module):
                 states[i] = routing.state
             routings.append(routing)
         return self.norm(self.head_out(hidden)), routings
+
+    def dispatch(
+        self,
+        device_map: str | dict = "auto",
+        max_memory: dict | None = None,
+        offload_folder: str | None = None,
+    ) -> dict:
+        """Place the built runtime across devices with accelerate (call after set-up).
+
+        ``device_map`` is ``"auto"`` / ``"balanced"`` / ``"balanced_low_0"`` /
+        ``"sequential"`` (accelerate infers a map within ``max_memory``, never splitting a
+        fused layer) or an explicit dict of module name -> device, where ``"disk"`` offloads
+        to ``offload_folder``. Inputs move to each module's device as it runs. Returns the map.
+        """
+        from accelerate import dispatch_model, infer_auto_device_map
+        from accelerate.utils import get_balanced_memory
+
+        if not len(self.layers) or self.embed_tokens is None or self.lm_head is None:
+            raise ConfigError("dispatch() places a built runtime: set it up and add layers first")
+        if self.device_map is not None:
+            raise ConfigError("this runtime is already dispatched")
+        if isinstance(device_map, str):
+            if device_map not in _AUTO_MAPS:
+                raise ConfigError(
+                    f"device_map must be a dict or one of {', '.join(_AUTO_MAPS)}, "
+                    f"got {device_map!r}"
+                )
+            keep = ["FusedLayer"]
+            if device_map.startswith("balanced"):
+                max_memory = get_balanced_memory(
+                    self,
+                    max_memory=max_memory,
+                    no_split_module_classes=keep,
+                    low_zero=device_map == "balanced_low_0",
+                )
+            device_map = infer_auto_device_map(
+                self, max_memory=max_memory, no_split_module_classes=keep
+            )
+        names = {n for n, _ in self.named_modules()}
+        unknown = sorted(k for k in device_map if k and k not in names)
+        if unknown:
+            raise ConfigError(f"device_map names modules this runtime does not have: {unknown}")
+        if "disk" in device_map.values() and offload_folder is None:
+            raise ConfigError("device_map offloads to 'disk': give offload_folder")
+        self._sources.clear()
+        dispatch_model(self, device_map=device_map, offload_dir=offload_folder)
+        self.device_map = dict(device_map)
+        return self.device_map
+
+    def _input_device(self) -> torch.device:
+        """Where token ids go: the device the token embeddings run on."""
+        hook = getattr(self.embed_tokens, "_hf_hook", None)
+        device = getattr(hook, "execution_device", None)
+        return torch.device(device) if device is not None else self.embed_tokens.weight.device
 
     # -- helpers ----------------------------------------------------------------------------
     def _where(self, name: str):
