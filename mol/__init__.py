@@ -48,10 +48,20 @@ from mol.merge import (
     load_merge_config,
     run_merge,
 )
+from mol.moe.assembly import (
+    CausalLMPool,
+    MixtralForCausalLMMergingAlgorithm,
+    MixtralMoEMergingAlgorithm,
+    print_parameters,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CausalLMPool",
+    "MixtralForCausalLMMergingAlgorithm",
+    "MixtralMoEMergingAlgorithm",
+    "print_parameters",
     "BottleneckAdapter",
     "LinearAdapter",
     "MoLConfig",

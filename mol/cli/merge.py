@@ -1,7 +1,8 @@
 """``mol-merge``: mergekit-style merges from YAML (``mol-merge CONFIG OUT``), plus helpers.
 
 Subcommands: ``examples DIR`` (one runnable YAML per method, on the zoo's models),
-``validate CONFIG`` (exit 0, or the problems and exit 1), and the default: run a merge.
+``validate CONFIG`` (exit 0, or the problems and exit 1), ``moe CONFIG OUT`` (dense experts
+into one Mixtral / Qwen-MoE checkpoint), and the default: run a merge.
 """
 
 from __future__ import annotations
@@ -145,6 +146,51 @@ def examples(directory: str, size: str, quiet: bool) -> None:
     setup_output(quiet)
     for path in write_examples(directory, size=size):
         click.echo(str(path))
+
+
+@cli.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option(
+    "--device", default="cpu", show_default=True, help="Where hidden-state gate prompts run."
+)
+@click.option(
+    "--out-shard-size",
+    default="5GB",
+    show_default=True,
+    callback=lambda c, p, v: parse_size(v),
+    help="Largest output shard.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@click.option("--allow-pickle", is_flag=True, help="Read trusted .bin (pickle) checkpoints.")
+@quiet_option
+@fail_cleanly
+def moe(
+    config: str,
+    out: str,
+    device: str,
+    out_shard_size: int,
+    overwrite: bool,
+    allow_pickle: bool,
+    quiet: bool,
+) -> None:
+    """Assemble the dense experts CONFIG names into one MoE checkpoint in OUT."""
+    from mol.moe.assembly import build_moe, load_moe_config
+
+    setup_output(quiet)
+    result = build_moe(
+        load_moe_config(config),
+        out,
+        overwrite=overwrite,
+        device=device,
+        max_shard_bytes=out_shard_size,
+        allow_pickle=allow_pickle,
+    )
+    click.echo(
+        f"assembled a {result.architecture} MoE with {result.num_experts} experts "
+        f"({result.num_tensors} tensors, {result.num_bytes / 1e6:.1f} MB) into {result.path} "
+        f"in {result.seconds:.1f} s"
+    )
 
 
 def main() -> None:

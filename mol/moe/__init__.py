@@ -1,0 +1,1 @@
+"""Mixture-of-experts: assembling dense experts into a sparse MoE checkpoint, and gating."""
