@@ -21,14 +21,16 @@ int64), the ``override_architecture`` form of a model reference is rejected, and
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, TypeVar, get_args
 
 import yaml
 
+from mol._config import check_keys as _check_keys
+from mol._config import read_yaml
+from mol._config import within as _within
 from mol._errors import ConfigError, closest_match_hint
 from mol.merge._params import coerce_scalar
 from mol.merge.methods._registry import MethodSpec, get_method
@@ -63,28 +65,6 @@ _T = TypeVar("_T")
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def _within(path: str, build: Callable[[], _T]) -> _T:
-    """Run ``build`` and prefix the path of whatever it rejects (messages read ``field: why``)."""
-    try:
-        return build()
-    except ConfigError as exc:
-        raise ConfigError(f"{path}.{exc}" if path else str(exc)) from None
-
-
-def _check_keys(raw: Any, valid: Sequence[str], path: str) -> Mapping[str, Any]:
-    what = path or "the configuration"
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{what}: expected a mapping with keys {', '.join(valid)}, got {raw!r}")
-    for key in raw:
-        if key not in valid:
-            where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(
-                f"{where}: unknown key{closest_match_hint(str(key), valid)}; "
-                f"valid keys: {', '.join(valid)}"
-            )
-    return raw
 
 
 def _as_list(raw: Any, path: str) -> list[Any] | None:
@@ -877,47 +857,8 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(list, _Dumper.represent_list)
 
 
-class _Loader(yaml.SafeLoader):
-    """safe_load that rejects a key repeated in one mapping (PyYAML keeps the last one)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, str) and key in seen:
-                mark = key_node.start_mark
-                raise ConfigError(
-                    f"{key}: key repeated in the same mapping (line {mark.line + 1}); "
-                    "YAML would silently keep only the last one"
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def _read_source(source: str | Path | Mapping[str, Any]) -> Any:
-    if isinstance(source, Mapping):
-        return source
-    if isinstance(source, Path) or (
-        "\n" not in source and source.strip().endswith((".yml", ".yaml")) and ":" not in source
-    ):
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such configuration file")
-        text = path.read_text(encoding="utf-8")
-    elif "\n" not in source and os.path.isfile(source):
-        text = Path(source).read_text(encoding="utf-8")
-    else:
-        text = source
-    try:
-        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}") from None
-    if not isinstance(raw, Mapping):
-        raise ConfigError(
-            f"the configuration: expected a YAML mapping (merge_method: ..., models: ...), "
-            f"got {raw!r}; a file path must name an existing file"
-        )
-    return raw
+    return read_yaml(source, "merge_method: ..., models: ...")
 
 
 _TOP_KEYS = (

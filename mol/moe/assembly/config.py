@@ -23,11 +23,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
-
+from mol._config import check_keys as _check_keys
+from mol._config import read_yaml
+from mol._config import within as _within
 from mol._errors import ConfigError, closest_match_hint
 
 __all__ = [
@@ -172,40 +172,8 @@ _TOP_KEYS = tuple(f.name for f in fields(MoEConfig))
 _EXPERT_KEYS = tuple(f.name for f in fields(ExpertConfig))
 
 
-def _check_keys(raw: Any, valid: Sequence[str], path: str) -> Mapping[str, Any]:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{path or 'the configuration'}: expected a mapping, got {raw!r}")
-    for key in raw:
-        if key not in valid:
-            where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(
-                f"{where}: unknown key{closest_match_hint(str(key), valid)}; "
-                f"valid keys: {', '.join(valid)}"
-            )
-    return raw
-
-
-def _within(path: str, build):
-    try:
-        return build()
-    except ConfigError as exc:
-        raise ConfigError(f"{path}.{exc}") from None
-
-
 def _read(source: str | os.PathLike | Mapping[str, Any]) -> Any:
-    if isinstance(source, Mapping):
-        return source
-    text = str(source)
-    is_file = isinstance(source, Path) or text.endswith((".yml", ".yaml")) or os.path.isfile(text)
-    if is_file:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"configuration file {path} does not exist")
-        text = path.read_text(encoding="utf-8")
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"the configuration is not valid YAML: {exc}") from None
+    return read_yaml(source, "base_model: ..., experts: ...")
 
 
 def load_moe_config(source: str | os.PathLike | Mapping[str, Any]) -> MoEConfig:
