@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
+
+# The tests run tiny models: one thread is faster than several contending for 2 cores
+# (and the results do not depend on it).
+torch.set_num_threads(1)
 
 os.environ["MOL_QUIET"] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from mol._errors import CheckpointMismatchError, ConfigError
 from mol.io import atomic_output_dir
 
-__all__ = ["save_checkpoint", "load_checkpoint", "fingerprint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_trainable_weights", "fingerprint"]
 
 logger = logging.getLogger("mol")
 _FORMAT = 1
@@ -45,17 +45,29 @@ def fingerprint(module: torch.nn.Module) -> str:
 
 
 def _fingerprints(runtime) -> dict[str, str]:
-    out = {
-        "embeddings": fingerprint(runtime.embed_tokens),
-        "norm": fingerprint(runtime.norm),
-        "lm_head": fingerprint(runtime.lm_head),
+    """Fingerprints of the source parts the checkpoint does not store (frozen ones)."""
+    parts = {
+        "embeddings": runtime.embed_tokens,
+        "norm": runtime.norm,
+        "lm_head": runtime.lm_head,
+        "position_embeddings": runtime.embed_positions,
     }
-    if runtime.embed_positions is not None:
-        out["position_embeddings"] = fingerprint(runtime.embed_positions)
     for i, layer in enumerate(runtime.layers):
         for expert in layer.experts:
-            out[f"layer{i}/{expert.source}"] = fingerprint(expert.block)
-    return out
+            parts[f"layer{i}/{expert.source}"] = expert.block
+    return {
+        name: fingerprint(module)
+        for name, module in parts.items()
+        if module is not None and not any(p.requires_grad for p in module.parameters())
+    }
+
+
+def _layer_specs(runtime) -> list[list[list]]:
+    """``[[model, layer], ...]`` per fused layer."""
+    return [
+        [[e.source.rsplit(":", 1)[0], int(e.source.rsplit(":", 1)[1])] for e in layer.experts]
+        for layer in runtime.layers
+    ]
 
 
 def _trainable_names(runtime) -> list[str]:
@@ -78,11 +90,9 @@ def save_checkpoint(
     recipe = {
         "format": _FORMAT,
         "config": runtime.config_dict(),
-        "layers": [
-            [[e.source.rsplit(":", 1)[0], int(e.source.rsplit(":", 1)[1])] for e in layer.experts]
-            for layer in runtime.layers
-        ],
+        "layers": _layer_specs(runtime),
         "fingerprints": _fingerprints(runtime),
+        "trainable": sorted(trainable),
         "include_experts": include_experts,
     }
     with atomic_output_dir(path, overwrite=overwrite) as tmp:
@@ -153,7 +163,27 @@ def load_checkpoint(path: str | Path, *, allow_changed_sources: bool = False):
     else:
         _check_fingerprints(runtime, recipe["fingerprints"], allow_changed_sources)
     _load_into(runtime, load_file(path / "trainable.safetensors"), path / "trainable.safetensors")
+    if "trainable" in recipe:  # what was trained stays trainable (and is saved again)
+        trainable = set(recipe["trainable"])
+        for name, param in runtime.named_parameters():
+            param.requires_grad_(name in trainable)
     return runtime.eval()
+
+
+def load_trainable_weights(runtime, path: str | Path) -> None:
+    """Load a checkpoint's trainable weights into an already built, identical runtime.
+
+    Raises:
+        CheckpointMismatchError: the checkpoint was saved from a runtime with other layers or
+            another configuration.
+    """
+    path = Path(path)
+    recipe = json.loads((path / "mol_config.json").read_text())
+    if recipe["layers"] != _layer_specs(runtime) or recipe["config"] != runtime.config_dict():
+        raise CheckpointMismatchError(
+            f"{path} was saved from another runtime (layers or configuration differ)"
+        )
+    _load_into(runtime, load_file(path / "trainable.safetensors"), path / "trainable.safetensors")
 
 
 def _check_fingerprints(runtime, saved: dict[str, str], allow: bool) -> None:

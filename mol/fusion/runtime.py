@@ -14,13 +14,14 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mol._errors import ConfigError, UnsupportedArchitectureError
 from mol.arch import ArchitectureInfo, detect_architecture, resolve_module
 from mol.fusion.adapters import BottleneckAdapter, LinearAdapter
 from mol.fusion.blocks import BlockExtractor
 from mol.fusion.layer import FusedLayer
-from mol.fusion.routers import SimpleRouter, TokenLevelRouter
+from mol.fusion.routers import RouterOutput, SimpleRouter, TokenLevelRouter
 from mol.io import load_causal_lm, load_tokenizer
 
 __all__ = ["MoLConfig", "MoLRuntime"]
@@ -125,6 +126,7 @@ class MoLRuntime(nn.Module):
             )
         self.target_hidden_dim = config.target_hidden_dim or primary.hidden_dim
         self.device_map: dict | None = None  # set by dispatch()
+        self.gradient_checkpointing = False  # recompute fused layers in the backward pass
         self._tokenizer = None
         self._sources: dict[str, nn.Module] = {}
         self._next_slot = 0  # every expert block gets its own KV-cache slot
@@ -245,6 +247,16 @@ class MoLRuntime(nn.Module):
             raise ConfigError("call setup_lm_head() first")
         return self.lm_head(self.hidden_states(input_ids, attention_mask, position_ids))
 
+    def logits_and_routing(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[RouterOutput]]:
+        """Logits ``(B, T, V)`` and every layer's :class:`RouterOutput`, with gradients
+        (what training needs: the auxiliary losses are computed from the routings)."""
+        if self.lm_head is None:
+            raise ConfigError("call setup_lm_head() first")
+        hidden, routings = self._run(input_ids, attention_mask, None)
+        return self.lm_head(hidden), routings
+
     def hidden_states(
         self,
         input_ids: torch.Tensor,
@@ -334,7 +346,14 @@ class MoLRuntime(nn.Module):
         hidden = self.embed_in(hidden)
         states = getattr(past_key_values, "router_states", None)
         routings = []
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
+            if recompute and past_key_values is None:
+                hidden, routing = checkpoint(
+                    layer, hidden, attention_mask, position_ids, use_reentrant=False
+                )
+                routings.append(routing)
+                continue
             hidden, routing = layer(
                 hidden,
                 attention_mask,
