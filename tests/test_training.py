@@ -285,3 +285,66 @@ def test_tracking_backends_are_imported_only_when_asked(sources, tmp_path, monke
         MoLTrainer(_runtime(sources), _config(tmp_path, report_to="wandb")).train(
             _pattern_blocks(8)
         )
+
+
+def test_mol_train_runs_a_recipe_and_rejects_typos(micro_zoo, tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from mol.cli.main import cli
+    from mol.training.recipe import build_runtime, load_recipe
+
+    code, prose = str(micro_zoo.path("expert-code")), str(micro_zoo.path("expert-prose"))
+    recipe = {
+        "runtime": {"models": [code, prose], "router_type": "simple", "layers": "aligned"},
+        "training": {
+            "max_steps": 4,
+            "batch_size": 2,
+            "block_size": 32,
+            "save_steps": 2,
+            "output_dir": str(tmp_path / "out"),
+            "learning_rate": 1e-3,
+        },
+        "data": {"train": "zoo:micro/mixed", "eval": "zoo:micro/mixed@held_out"},
+    }
+    path = tmp_path / "recipe.yml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(cli, ["train", str(path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "trained 4 steps" in result.output and "eval loss" in result.output
+    trained = MoLRuntime.load_checkpoint(tmp_path / "out" / "final")
+    assert len(trained.layers) == trained.infos[code].num_layers  # aligned: every layer
+    fresh = build_runtime(load_recipe(path))
+    changed = [
+        n
+        for n, p in trained.named_parameters()
+        if not torch.equal(p, dict(fresh.named_parameters())[n])
+    ]
+    assert changed and all(
+        ".router." in n or "adapters" in n or n.startswith(("embed_in", "head_out"))
+        for n in changed
+    )
+    resumed = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            str(path),
+            "--quiet",
+            "--resume",
+            str(tmp_path / "out" / "checkpoint-2"),
+            "--output-dir",
+            str(tmp_path / "again"),
+        ],
+    )
+    assert resumed.exit_code == 0, resumed.output
+    assert "trained 4 steps" in resumed.output
+    recipe["training"]["learning_rte"] = 1.0
+    path.write_text(yaml.safe_dump(recipe))
+    bad = CliRunner().invoke(cli, ["train", str(path), "--quiet"])
+    assert bad.exit_code == 1
+    assert "training.learning_rte: unknown key (did you mean 'learning_rate'?)" in bad.output
+    recipe["training"].pop("learning_rte")
+    recipe["runtime"]["layers"] = [[[0, 0], [5, 0]]]
+    path.write_text(yaml.safe_dump(recipe))
+    bad = CliRunner().invoke(cli, ["train", str(path), "--quiet"])
+    assert bad.exit_code == 1 and "runtime.layers[0][1]: model index 5 out of range" in bad.output

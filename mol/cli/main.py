@@ -1,4 +1,4 @@
-"""``mol``: the umbrella command (demo, zoo, inspect)."""
+"""``mol``: the umbrella command (demo, zoo, inspect, train, eval, gate, moe)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import click
 
 from mol.cli._common import fail_cleanly, quiet_option, setup_output
+from mol.cli.eval import eval_group
 from mol.zoo import ZOO_SIZES
 
 _sizes = click.Choice(list(ZOO_SIZES))
@@ -101,10 +102,43 @@ def inspect(model: str, revision: str | None, as_json: bool, trust_remote_code: 
         click.echo(f"{key:<{width}}  {value}")
 
 
+@cli.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--resume",
+    type=click.Path(exists=True, file_okay=False),
+    help="A checkpoint-<step> directory to continue from.",
+)
+@click.option("--output-dir", default=None, help="Overrides training.output_dir.")
+@quiet_option
+@fail_cleanly
+def train(config: str, resume: str | None, output_dir: str | None, quiet: bool) -> None:
+    """Build the runtime CONFIG describes and train its adapters and routers."""
+    from mol.training import MoLTrainer
+    from mol.training.recipe import build_runtime, load_recipe
+
+    setup_output(quiet)
+    recipe = load_recipe(config)
+    if output_dir is not None:
+        recipe.training.output_dir = output_dir
+    runtime = build_runtime(recipe)
+    result = MoLTrainer(runtime, recipe.training).train(
+        recipe.train_data, recipe.eval_data, resume_from=resume
+    )
+    click.echo(f"trained {result.steps} steps; final loss {result.loss_history[-1]:.4f}")
+    if result.eval_history:
+        last = result.eval_history[-1]
+        click.echo(f"eval loss {last['loss']:.4f} (perplexity {last['perplexity']:.2f})")
+    click.echo(f"best checkpoint: {result.best_checkpoint}")
+    click.echo(f"final checkpoint: {result.final_checkpoint}")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="mol")
 
+
+cli.add_command(eval_group, "eval")
 
 if __name__ == "__main__":
     main()
