@@ -46,8 +46,21 @@ def test_demo_prints_the_perplexity_table(micro_zoo, tmp_path):
         "merge-slerp",
         "merge-task_arithmetic",
         "merge-ties",
+        "fusion-experts",
+        "fusion-gpt2+prose",
     ]
-    assert {r["kind"] for r in saved} == {"base", "expert", "merge"}
+    assert {r["kind"] for r in saved} == {"base", "expert", "merge", "fusion"}
+    for r in saved:  # routing accuracy is measured for fusions only
+        assert ("routing" in r) == (r["kind"] == "fusion")
+        if "routing" in r:
+            assert set(r["routing"]) == {"code", "prose"}
+            assert all(0 <= v <= 1 for v in r["routing"].values())
+            folder = tmp_path / "fusion" / r["name"]
+            assert {p.name for p in folder.iterdir()} >= {
+                "routing.json",
+                "routing.png",
+                "routing_tokens.html",
+            }
     for r in saved:  # the printed table is the saved one
         row = next(line for line in out.splitlines() if line.startswith(f"| {r['name']} |"))
         assert f"{r['ppl']['code']:.2f} | {r['ppl']['prose']:.2f}" in row

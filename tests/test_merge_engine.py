@@ -379,7 +379,7 @@ def test_existing_output_needs_overwrite(llamas, tmp_path):
 
 
 def test_demo_linear_merge_matches_a_hand_average(micro_zoo, tmp_path):
-    from mol._demo import demo_merges
+    from mol.demo import demo_merges
 
     raw = demo_merges(micro_zoo)["linear"]
     out = _merge(tmp_path, raw)

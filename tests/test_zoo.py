@@ -57,7 +57,7 @@ def test_tokenizer_is_byte_level_and_shared(micro_zoo):
 
 
 def test_manifest_perplexities_are_reproduced_from_disk(micro_zoo, tmp_path):
-    from mol._demo import run_demo
+    from mol.demo import run_demo
 
     zoo, rows = run_demo("micro", tmp_path)  # raises if a reloaded model disagrees
     assert zoo.root == micro_zoo.root

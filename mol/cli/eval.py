@@ -16,7 +16,6 @@ __all__ = ["eval_group"]
 
 logger = logging.getLogger("mol")
 _sizes = click.Choice(list(ZOO_SIZES))
-_SAMPLE_TOKENS = 256  # the default sample text: at most this many tokens, half code, half prose
 
 
 @click.group("eval")
@@ -78,20 +77,6 @@ def _check_tokenizer(name: str, tokenizer, zoo) -> None:
         )
 
 
-def _head(text: str, tokenizer, n_tokens: int) -> str:
-    """The longest prefix of ``text`` that is at most ``n_tokens`` tokens."""
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = encoded["offset_mapping"]
-    return text if len(offsets) <= n_tokens else text[: offsets[n_tokens][0]]
-
-
-def _default_sample(zoo, tokenizer, budget: int) -> str:
-    """A snippet of held-out code followed by a snippet of held-out prose."""
-    half = max(budget // 2 - 1, 1)
-    parts = [_head(zoo.corpus(d).held_out[0], tokenizer, half).rstrip() for d in DOMAINS]
-    return "\n\n".join(parts) + "\n"
-
-
 @eval_group.command("routing")
 @click.argument("checkpoint", type=click.Path())
 @click.option("--size", type=_sizes, default="demo", show_default=True, help="Zoo size.")
@@ -129,7 +114,7 @@ def routing(
     quiet: bool,
 ) -> None:
     """Routing of the MoL CHECKPOINT on the zoo's held-out blocks, per layer and domain."""
-    from mol.eval import analyse_routing, plot_routing_heatmap, token_routing, token_routing_html
+    from mol.eval.report import write_routing_report
     from mol.eval.routing import expert_labels
     from mol.fusion import MoLRuntime
     from mol.zoo import build_zoo
@@ -144,34 +129,20 @@ def routing(
     zoo = build_zoo(size)
     tokenizer = runtime.tokenizer
     _check_tokenizer(checkpoint, tokenizer, zoo)
-    blocks = {d: zoo.held_out_blocks(d) for d in DOMAINS}
-
-    report = analyse_routing(
-        runtime, blocks, own_expert, batch_size=batch_size, max_blocks=max_blocks
-    )
-    limit = runtime.infos[runtime.primary].max_position_embeddings or _SAMPLE_TOKENS
-    budget = min(limit, _SAMPLE_TOKENS)
+    text = None
     if text_file is not None:
         text = Path(text_file).read_text(encoding="utf-8")
-        n_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if n_tokens > budget:
-            logger.warning("--text: colouring the first %d of its %d tokens", budget, n_tokens)
-    else:
-        text = _default_sample(zoo, tokenizer, budget)
-    tokens, weights = token_routing(runtime, text, max_tokens=budget)
-
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data = {"checkpoint": str(Path(checkpoint).absolute()), "zoo": size, **report.to_dict()}
-    (out_dir / "routing.json.tmp").write_text(json.dumps(data, indent=2) + "\n")
-    (out_dir / "routing.json.tmp").replace(out_dir / "routing.json")
-    plot_routing_heatmap(report, out_dir / "routing.png")
-    token_routing_html(
-        tokens,
-        weights,
-        out_dir / "routing_tokens.html",
-        labels,
+    report = write_routing_report(
+        runtime,
+        zoo,
+        out_dir,
+        own_expert,
+        text=text,
+        batch_size=batch_size,
+        max_blocks=max_blocks,
         title=f"Token routing of {Path(checkpoint).name}",
+        extra={"checkpoint": str(Path(checkpoint).absolute()), "zoo": size},
     )
 
     click.echo(f"| domain | own expert | accuracy | {' | '.join(labels)} | entropy |")

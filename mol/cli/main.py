@@ -31,7 +31,7 @@ def cli() -> None:
 @fail_cleanly
 def demo(size: str, out: str, quiet: bool) -> None:
     """Build (or reuse) the zoo, merge its experts, print held-out perplexity per domain."""
-    from mol._demo import format_table, run_demo
+    from mol.demo import format_table, run_demo
 
     setup_output(quiet)
     zoo, rows = run_demo(size, out)
