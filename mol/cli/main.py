@@ -8,6 +8,7 @@ import click
 
 from mol.cli._common import fail_cleanly, quiet_option, setup_output
 from mol.cli.eval import eval_group
+from mol.cli.moe import gate, moe
 from mol.zoo import ZOO_SIZES
 
 _sizes = click.Choice(list(ZOO_SIZES))
@@ -139,6 +140,8 @@ def main() -> None:
 
 
 cli.add_command(eval_group, "eval")
+cli.add_command(gate, "gate")
+cli.add_command(moe, "moe")
 
 if __name__ == "__main__":
     main()
