@@ -1,6 +1,7 @@
 """Greedy generation speed: one zoo expert alone vs. MoL runtimes fusing it with the other expert.
 
-Three generators, each on the same prompt (batch 1, greedy, exactly N new tokens):
+Three generators, each on the same prompt (batch 1, greedy, exactly N new tokens), for the
+zoo experts and (``--wide``) for two random Llama models of a realistic width:
 
 * ``single``: the code expert alone, its own Hugging Face ``generate``;
 * ``mol simple top-1``: a MoL runtime over all layers of the code expert and the prose expert,
@@ -57,9 +58,8 @@ class Result:
         return n / self.seconds[n]
 
 
-def fused(zoo, router_type: str, top_k: int | None) -> MoLRuntime:
-    """All layers of expert-code (primary) and expert-prose, one fused layer per depth."""
-    code, prose = str(zoo.path("expert-code")), str(zoo.path("expert-prose"))
+def fused(code: str, prose: str, router_type: str, top_k: int | None) -> MoLRuntime:
+    """All layers of ``code`` (primary) and ``prose``, one fused layer per depth."""
     runtime = MoLRuntime(
         MoLConfig(models=[code, prose], router_type=router_type, top_k_experts=top_k)
     )
@@ -87,16 +87,42 @@ def timed(generate, ids: torch.Tensor, new_tokens: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def run(size: str, repeats: int, prompt_tokens: int, counts: list[int]) -> list[Result]:
-    zoo = build_zoo(size)
-    ids = zoo.held_out_blocks("code")[:1, :prompt_tokens]
-    single = AutoModelForCausalLM.from_pretrained(zoo.path("expert-code")).eval()
+def wide_pair(hidden: int) -> tuple[str, str]:
+    """Two random Llama models like the zoo's experts but ``hidden`` wide (cached on disk)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = Path(os.environ.get("MOL_BENCH_DIR", REPO / "bench" / ".cache")) / "fusion"
+    root.mkdir(parents=True, exist_ok=True)
+    (root.parent / ".gitignore").write_text("*\n")
+    paths = []
+    for seed in (1, 2):
+        path = root / f"llama-{hidden}-{seed}"
+        if not (path / "config.json").is_file():
+            torch.manual_seed(seed)
+            config = LlamaConfig(
+                hidden_size=hidden,
+                intermediate_size=3 * hidden,
+                num_hidden_layers=4,
+                num_attention_heads=hidden // 64,
+                num_key_value_heads=hidden // 128,
+                vocab_size=2048,
+                max_position_embeddings=512,
+            )
+            LlamaForCausalLM(config).save_pretrained(path)
+        paths.append(str(path))
+    return paths[0], paths[1]
+
+
+def run(
+    code: str, prose: str, ids: torch.Tensor, repeats: int, counts: list[int], label: str
+) -> list[Result]:
+    single = AutoModelForCausalLM.from_pretrained(code).eval()
     generators = {
-        "single expert (HF generate)": lambda x, **kw: single.generate(
+        f"{label}: single model (HF generate)": lambda x, **kw: single.generate(
             input_ids=x, attention_mask=torch.ones_like(x), **kw
         ),
-        "mol simple top-1": fused(zoo, "simple", 1).generate,
-        "mol token-level dense": fused(zoo, "token_level", None).generate,
+        f"{label}: mol simple top-1": fused(code, prose, "simple", 1).generate,
+        f"{label}: mol token-level dense": fused(code, prose, "token_level", None).generate,
     }
     results = []
     for name, generate in generators.items():
@@ -108,26 +134,28 @@ def run(size: str, repeats: int, prompt_tokens: int, counts: list[int]) -> list[
     return results
 
 
-def table(results: list[Result], counts: list[int], size: str, repeats: int) -> str:
-    single = results[0]
+def table(groups: list[list[Result]], counts: list[int], note: str, repeats: int) -> str:
     lo, hi = counts[0], counts[-1]
     head = "| generator | " + " | ".join(f"{n} tok: s | tok/s | vs single" for n in counts)
     lines = [
-        f"Zoo `{size}`, batch 1, greedy, median of {repeats} runs; torch "
+        f"{note}; batch 1, greedy, median of {repeats} runs; torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs; {dt.date.today().isoformat()}.",
         "",
         head + f" | time {hi}/{lo} |",
         "|---|" + "---|---|---|" * len(counts) + "---|",
     ]
-    for r in results:
-        cells = []
-        for n in counts:
-            ratio = r.tokens_per_second(n) / single.tokens_per_second(n)
-            cells.append(f"{r.seconds[n]:.3f} | {r.tokens_per_second(n):.0f} | {ratio:.2f}x")
-        growth = r.seconds[hi] / r.seconds[lo]
-        lines.append(f"| {r.name} | " + " | ".join(cells) + f" | {growth:.2f} |")
-    top1 = results[1]
+    for results in groups:
+        single = results[0]
+        for r in results:
+            cells = []
+            for n in counts:
+                ratio = r.tokens_per_second(n) / single.tokens_per_second(n)
+                cells.append(f"{r.seconds[n]:.3f} | {r.tokens_per_second(n):.0f} | {ratio:.2f}x")
+            growth = r.seconds[hi] / r.seconds[lo]
+            lines.append(f"| {r.name} | " + " | ".join(cells) + f" | {growth:.2f} |")
+    results = groups[0]  # the targets are about the zoo experts
+    single, top1 = results[0], results[1]
     worst = min(top1.tokens_per_second(n) / single.tokens_per_second(n) for n in counts)
     growth = max(r.seconds[hi] / r.seconds[lo] for r in results)
     lines += [
@@ -153,15 +181,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="demo", choices=["demo", "micro"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--prompt-tokens", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, nargs="+", default=[64, 256])
+    parser.add_argument(
+        "--wide",
+        type=int,
+        default=1024,
+        help="also time two random Llama models this wide (0: skip), to show how the ratio "
+        "depends on model width",
+    )
     parser.add_argument("--write", action="store_true", help="put the table into BENCHMARKS.md")
     args = parser.parse_args()
     set_quiet(True)
     counts = sorted(args.new_tokens)
-    text = table(
-        run(args.size, args.repeats, args.prompt_tokens, counts), counts, args.size, args.repeats
-    )
+    zoo = build_zoo(args.size)
+    ids = zoo.held_out_blocks("code")[:1, : args.prompt_tokens]
+    code, prose = str(zoo.path("expert-code")), str(zoo.path("expert-prose"))
+    groups = [run(code, prose, ids, args.repeats, counts, f"zoo {args.size}")]
+    note = f"Zoo `{args.size}` experts (hidden {zoo.spec.models[1].hidden})"
+    if args.wide:
+        groups.append(run(*wide_pair(args.wide), ids, args.repeats, counts, f"hidden {args.wide}"))
+        note += f" and random 4-layer Llama models of hidden {args.wide}"
+    text = table(groups, counts, note, args.repeats)
     print(text)
     if args.write:
         write(text)

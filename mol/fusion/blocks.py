@@ -52,6 +52,11 @@ class ExpertBlock(nn.Module):
         self.encoder = encoder
         self.hidden_dim = int(config.hidden_size)
         self.slot = 0
+        # blocks whose rotary modules compute the same thing share one result per forward
+        self._rope_signature = None
+        if rotary is not None:
+            scaling = float(getattr(rotary, "attention_scaling", 1.0))
+            self._rope_signature = (type(rotary).__name__, scaling, *rotary.inv_freq.tolist())
 
     def set_cache_slot(self, slot: int) -> None:
         """Give the block's attention a unique cache index inside the fused model."""
@@ -67,23 +72,47 @@ class ExpertBlock(nn.Module):
         position_ids: torch.Tensor,
         past_key_values=None,
         use_cache: bool = False,
+        shared: dict | None = None,
     ) -> torch.Tensor:
-        """Run the layer on ``hidden (B, T, d)`` with a 2-D ``attention_mask (B, T_total)``."""
-        mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=hidden,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-            layer_idx=self.slot,  # its own slot sizes the mask: not yet updated for these tokens
-            allow_is_causal_skip=not self.encoder,  # an encoder is not causal by itself
+        """Run the layer on ``hidden (B, T, d)`` with a 2-D ``attention_mask (B, T_total)``.
+
+        ``shared`` is a dict living for one forward pass of the fused model: blocks that need
+        the same mask or rotary embeddings compute them once.
+        """
+        mask = self._shared(
+            shared,
+            (
+                "mask",
+                type(self.config).__name__,
+                self.config._attn_implementation,
+                getattr(self.config, "sliding_window", None),
+                self.encoder,
+                past_key_values.get_seq_length(self.slot) if past_key_values is not None else 0,
+                hidden.shape[1],
+                hidden.dtype,
+            ),
+            (attention_mask, position_ids),
+            lambda: create_causal_mask(
+                config=self.config,
+                inputs_embeds=hidden,
+                attention_mask=attention_mask,
+                past_key_values=past_key_values,
+                position_ids=position_ids,
+                layer_idx=self.slot,  # its own slot sizes the mask: not yet updated for these tokens
+                allow_is_causal_skip=not self.encoder,  # an encoder is not causal by itself
+            ),
         )
         if self.encoder:
             out = self.block(hidden, attention_mask=mask, past_key_values=past_key_values)
             return out[0] if isinstance(out, tuple) else out
         kwargs = {}
         if self.rotary is not None:
-            kwargs["position_embeddings"] = self.rotary(hidden, position_ids=position_ids)
+            kwargs["position_embeddings"] = self._shared(
+                shared,
+                ("rope", self._rope_signature, hidden.dtype, hidden.device),
+                (position_ids,),
+                lambda: self.rotary(hidden, position_ids=position_ids),
+            )
         out = self.block(
             hidden,
             attention_mask=mask,
@@ -93,6 +122,20 @@ class ExpertBlock(nn.Module):
             **kwargs,
         )
         return out[0] if isinstance(out, tuple) else out
+
+    @staticmethod
+    def _shared(shared: dict | None, key: tuple, inputs: tuple, compute):
+        """``compute()``, or its earlier result in ``shared`` for the same key and inputs.
+
+        Inputs are matched by identity and kept alive in ``shared`` (so an id is never reused
+        while the dict lives).
+        """
+        if shared is None:
+            return compute()
+        full = (*key, *(id(x) for x in inputs))
+        if full not in shared:
+            shared[full] = (compute(), inputs)
+        return shared[full][0]
 
 
 class BlockExtractor:

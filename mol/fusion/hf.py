@@ -26,33 +26,32 @@ class MoLCache(DynamicCache):
     """A DynamicCache (one slot per expert block) plus the routers' running state per layer.
 
     It also holds the *deferred* inputs of expert blocks that were skipped (no row chose them
-    for some tokens): ``(B, t, d)`` hidden states and ``(B, t)`` position ids per slot, run
-    through the block the next time it is used, so its KV cache is complete when it matters.
+    for some tokens): ``(B, t, D)`` target-width hidden states and ``(B, t)`` position ids per
+    slot, run through the block (and its in-adapter) the next time it is used, so its KV cache
+    is complete when it matters.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.router_states: dict[int, dict[str, torch.Tensor]] = {}
-        self.deferred: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # per slot: chunks of (hidden (B, t, d), position ids (B, t)), joined when taken
+        self.deferred: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def defer(self, slot: int, hidden: torch.Tensor, position_ids: torch.Tensor) -> None:
         """Keep block ``slot``'s inputs for tokens it did not run on."""
-        position_ids = position_ids.expand(hidden.shape[0], -1)
-        if slot in self.deferred:
-            old_h, old_p = self.deferred[slot]
-            hidden, position_ids = (
-                torch.cat([old_h, hidden], 1),
-                torch.cat([old_p, position_ids], 1),
-            )
-        self.deferred[slot] = (hidden, position_ids)
+        chunk = (hidden, position_ids.expand(hidden.shape[0], -1))
+        self.deferred.setdefault(slot, []).append(chunk)
 
     def take_deferred(self, slot: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Block ``slot``'s deferred inputs (removed from the cache), or None."""
-        return self.deferred.pop(slot, None)
+        """Block ``slot``'s deferred inputs, joined (and removed from the cache), or None."""
+        chunks = self.deferred.pop(slot, None)
+        if chunks is None:
+            return None
+        return torch.cat([h for h, _ in chunks], 1), torch.cat([p for _, p in chunks], 1)
 
     def seen_tokens(self, slot: int = 0) -> int:
         """Tokens processed so far: block ``slot``'s cache length plus its deferred tokens."""
-        pending = self.deferred[slot][0].shape[1] if slot in self.deferred else 0
+        pending = sum(h.shape[1] for h, _ in self.deferred.get(slot, ()))
         return self.get_seq_length(slot) + pending
 
     def _map_states(self, fn) -> None:
@@ -60,7 +59,9 @@ class MoLCache(DynamicCache):
             layer: {k: fn(v) for k, v in state.items()}
             for layer, state in self.router_states.items()
         }
-        self.deferred = {slot: (fn(h), fn(p)) for slot, (h, p) in self.deferred.items()}
+        self.deferred = {
+            slot: [(fn(h), fn(p)) for h, p in chunks] for slot, chunks in self.deferred.items()
+        }
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Reorder the batch (beam search), router states included."""

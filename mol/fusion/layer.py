@@ -58,49 +58,55 @@ class FusedLayer(nn.Module):
         use_cache: bool = False,
         token_mask: torch.Tensor | None = None,
         router_state: dict | None = None,
+        shared: dict | None = None,
     ) -> tuple[torch.Tensor, RouterOutput]:
         """``hidden (B, T, D)`` -> ``(hidden (B, T, D), RouterOutput)``.
 
         ``attention_mask`` is the 2-D padding mask over past and current tokens;
         ``token_mask (B, T)`` marks the current tokens that are real (default: its last T
-        columns). ``router_state`` is the router's state after earlier tokens (with a cache).
+        columns). ``router_state`` is the router's state after earlier tokens (with a cache);
+        ``shared`` lets blocks reuse masks and rotary embeddings within one forward pass.
         """
         if token_mask is None:
             token_mask = attention_mask[:, -hidden.shape[1] :].bool()
         routing = self.router(hidden, token_mask, router_state)
         out = hidden
         cached = past_key_values is not None  # a cached expert must see every row and token
+        used = (routing.weights != 0).any(dim=1)  # (B, E): rows that use each expert
+        counts = used.sum(dim=0).tolist()  # one device sync for the whole layer
         for i, (expert, a_in, a_out) in enumerate(
             zip(self.experts, self.in_adapters, self.out_adapters, strict=True)
         ):
             weight = routing.weights[..., i : i + 1]
-            rows = (weight != 0).flatten(1).any(dim=1)  # (B,) rows that use this expert
-            if cached and not bool(rows.any()):  # unused now: fill its cache when next used
-                past_key_values.defer(expert.slot, a_in(hidden), position_ids)
+            if cached and counts[i] == 0:  # unused now: fill its cache when next used
+                past_key_values.defer(expert.slot, hidden, position_ids)
             elif cached:
                 x = a_in(hidden)
-                y = self._run_cached(expert, x, attention_mask, position_ids, past_key_values)
+                y = self._run_cached(
+                    expert, a_in, x, attention_mask, position_ids, past_key_values, shared
+                )
                 out = out + weight.to(hidden.dtype) * a_out(y - x)
-            elif bool(rows.all()):
+            elif counts[i] == hidden.shape[0]:
                 x = a_in(hidden)
-                y = expert(x, attention_mask, position_ids)
+                y = expert(x, attention_mask, position_ids, shared=shared)
                 out = out + weight.to(hidden.dtype) * a_out(y - x)
-            elif bool(rows.any()):  # run the block on its rows only
-                idx = rows.nonzero().squeeze(1)
+            elif counts[i]:  # run the block on its rows only
+                idx = used[:, i].nonzero().squeeze(1)
                 pos = position_ids if position_ids.shape[0] == 1 else position_ids[idx]
                 x = a_in(hidden[idx])
-                y = expert(x, attention_mask[idx], pos)
+                y = expert(x, attention_mask[idx], pos, shared=shared)
                 update = weight[idx].to(hidden.dtype) * a_out(y - x)
                 out = out.index_add(0, idx, update)
         return out, routing
 
     @staticmethod
-    def _run_cached(expert, x, attention_mask, position_ids, cache) -> torch.Tensor:
-        """Run ``expert`` on ``x`` with the cache, first catching up on deferred tokens."""
+    def _run_cached(expert, a_in, x, attention_mask, position_ids, cache, shared) -> torch.Tensor:
+        """Run ``expert`` on ``x`` with the cache, first catching up on deferred tokens (kept
+        at the target width: ``a_in`` maps them now)."""
         deferred = cache.take_deferred(expert.slot)
         if deferred is None:
-            return expert(x, attention_mask, position_ids, cache, True)
-        past_x, past_pos = deferred
+            return expert(x, attention_mask, position_ids, cache, True, shared=shared)
+        past_h, past_pos = deferred
         pos = torch.cat([past_pos, position_ids.expand(x.shape[0], -1)], dim=1)
-        y = expert(torch.cat([past_x, x], dim=1), attention_mask, pos, cache, True)
+        y = expert(torch.cat([a_in(past_h), x], dim=1), attention_mask, pos, cache, True)
         return y[:, -x.shape[1] :]

@@ -347,6 +347,7 @@ class MoLRuntime(nn.Module):
         states = getattr(past_key_values, "router_states", None)
         routings = []
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        shared: dict = {}  # masks and rotary embeddings blocks can share in this pass
         for i, layer in enumerate(self.layers):
             if recompute and past_key_values is None:
                 hidden, routing = checkpoint(
@@ -361,6 +362,7 @@ class MoLRuntime(nn.Module):
                 past_key_values,
                 use_cache,
                 router_state=None if states is None else states.get(i),
+                shared=shared,
             )
             if states is not None and use_cache and routing.state is not None:
                 states[i] = routing.state
