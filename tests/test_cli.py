@@ -48,13 +48,20 @@ def test_demo_prints_the_perplexity_table(micro_zoo, tmp_path):
         "merge-ties",
         "fusion-experts",
         "fusion-gpt2+prose",
+        "moe-mixtral",
+        "moe-mixtral+gates",
+        "moe-gated",
     ]
-    assert {r["kind"] for r in saved} == {"base", "expert", "merge", "fusion"}
-    for r in saved:  # routing accuracy is measured for fusions only
-        assert ("routing" in r) == (r["kind"] == "fusion")
+    assert {r["kind"] for r in saved} == {"base", "expert", "merge", "fusion", "moe"}
+    gated = next(r for r in saved if r["name"] == "moe-gated")
+    assert 0.5 < gated["gate_test_f1"] <= 1 and f"{gated['gate_test_f1']:.3f}" in out
+    assert (tmp_path / "moe" / "mixtral" / "config.json").is_file()
+    for r in saved:  # routing accuracy is measured for fusions and MoEs
+        assert ("routing" in r) == (r["kind"] in ("fusion", "moe"))
         if "routing" in r:
             assert set(r["routing"]) == {"code", "prose"}
             assert all(0 <= v <= 1 for v in r["routing"].values())
+        if r["kind"] == "fusion":
             folder = tmp_path / "fusion" / r["name"]
             assert {p.name for p in folder.iterdir()} >= {
                 "routing.json",

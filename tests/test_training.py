@@ -348,3 +348,36 @@ def test_mol_train_runs_a_recipe_and_rejects_typos(micro_zoo, tmp_path):
     path.write_text(yaml.safe_dump(recipe))
     bad = CliRunner().invoke(cli, ["train", str(path), "--quiet"])
     assert bad.exit_code == 1 and "runtime.layers[0][1]: model index 5 out of range" in bad.output
+
+
+def test_a_plain_transformers_model_trains_only_the_named_parameters(tmp_path):
+    """Gate-only training of a Mixtral MoE: the gates move, every other weight stays put."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    model = MixtralForCausalLM(
+        MixtralConfig(
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_local_experts=2,
+            num_experts_per_tok=2,
+            vocab_size=VOCAB,
+        )
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(ConfigError, match="trainable_parameters"):
+        MoLTrainer(model, _config(tmp_path))
+    with pytest.raises(ConfigError, match=r"no parameter matches \['\*\.router\.nothing'\]"):
+        MoLTrainer(model, _config(tmp_path, trainable_parameters=["*.router.nothing"]))
+    gates = [n for n, _ in model.named_parameters() if n.endswith("mlp.gate.weight")]
+    assert len(gates) == 2
+    config = _config(tmp_path, trainable_parameters=["*.mlp.gate.weight"], max_steps=3)
+    result = MoLTrainer(model, config).train(_pattern_blocks(12))
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]) != (name in gates), name
+    reloaded = MixtralForCausalLM.from_pretrained(result.final_checkpoint)
+    for name, param in reloaded.named_parameters():
+        torch.testing.assert_close(param, dict(model.named_parameters())[name], rtol=0, atol=0)

@@ -1,8 +1,8 @@
-"""The main job: build (or reuse) the zoo, then merge and fuse its experts, and compare.
+"""The main job: build (or reuse) the zoo; merge, fuse and mix its experts; compare.
 
 Rows: the zoo's models (reloaded from disk, each checked against its build-time figure), the
-merges of the two experts (:mod:`mol.demo.merges`), and the trained fusions
-(:mod:`mol.demo.fusion`). The CLI's ``mol demo`` only prints and saves what this returns.
+merges of the two experts (:mod:`mol.demo.merges`), the trained fusions
+(:mod:`mol.demo.fusion`) and the mixtures of experts (:mod:`mol.demo.moe`). The CLI's ``mol demo`` only prints and saves what this returns.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from mol.demo.fusion import fusion_rows
 from mol.demo.merges import merge_rows
+from mol.demo.moe import moe_rows
 from mol.demo.table import DemoRow, format_table
 from mol.eval.perplexity import perplexity
 from mol.zoo import DOMAINS, Zoo, build_zoo
@@ -50,13 +51,15 @@ def run_demo(size: str = "demo", out: str | Path = "mol-demo") -> tuple[Zoo, lis
 
     Writes ``out/results.json`` (``{"rows": [{"name", "kind", "ppl": {domain: float}}]}``,
     fusion rows with ``"routing"`` too), ``out/results.md``, the merges under
-    ``out/merges/<method>`` and each fusion's routing report under ``out/fusion/<name>``.
+    ``out/merges/<method>``, each fusion's routing report under ``out/fusion/<name>`` and the
+    MoE models under ``out/moe/``.
     """
     zoo = build_zoo(size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     blocks = {d: zoo.held_out_blocks(d) for d in DOMAINS}
-    rows = zoo_rows(zoo, blocks) + merge_rows(zoo, out, blocks) + fusion_rows(zoo, out, blocks)
+    rows = zoo_rows(zoo, blocks) + merge_rows(zoo, out, blocks)
+    rows += fusion_rows(zoo, out, blocks) + moe_rows(zoo, out, blocks)
     (out / "results.json").write_text(json.dumps({"rows": [r.to_dict() for r in rows]}, indent=2))
     (out / "results.md").write_text(format_table(rows) + "\n")
     return zoo, rows

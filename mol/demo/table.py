@@ -19,19 +19,22 @@ class DemoRow:
         ppl: held-out perplexity per domain.
         routing: per domain, the fraction of tokens routed mostly to the domain's own expert
             (fusions and MoEs; empty otherwise).
+        extra: other figures, listed under the table (e.g. the gate's ``gate_test_f1``).
     """
 
     name: str
     kind: str
     ppl: dict[str, float] = field(default_factory=dict)
     routing: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """``{"name", "kind", "ppl": {domain: float}}`` plus ``"routing"`` when measured."""
+        """``{"name", "kind", "ppl": {domain: float}}`` plus ``"routing"`` when measured and
+        any extra figures (e.g. ``gate_test_f1``)."""
         out = {"name": self.name, "kind": self.kind, "ppl": dict(self.ppl)}
         if self.routing:
             out["routing"] = dict(self.routing)
-        return out
+        return out | dict(self.extra)
 
 
 def format_table(rows: list[DemoRow]) -> str:
@@ -49,4 +52,9 @@ def format_table(rows: list[DemoRow]) -> str:
             *(f"{row.routing[d]:.0%}" if d in row.routing else "-" for d in DOMAINS),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    notes = [
+        f"{row.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.extra.items())
+        for row in rows
+        if row.extra
+    ]
+    return "\n".join(lines + ([""] + notes if notes else []))

@@ -35,6 +35,9 @@ class TrainingConfig:
         load_balancing_coeff: weight of the Switch load-balancing loss.
         router_z_loss_coeff: weight of the ST-MoE router z-loss.
         freeze_experts: keep every expert block's weights fixed (the default).
+        trainable_parameters: glob patterns over parameter names; when given, exactly the
+            matching parameters train (required for a plain transformers model, e.g.
+            ``["*.gate.weight"]`` for the gates of an assembled MoE).
         train_embeddings: also train the primary's token (and position) embeddings.
         train_lm_head: also train the primary's final norm and LM head.
         use_gradient_checkpointing: recompute fused layers in the backward pass (less memory).
@@ -63,6 +66,7 @@ class TrainingConfig:
     load_balancing_coeff: float = 0.0
     router_z_loss_coeff: float = 0.0
     freeze_experts: bool = True
+    trainable_parameters: list[str] | None = None
     train_embeddings: bool = False
     train_lm_head: bool = False
     use_gradient_checkpointing: bool = False

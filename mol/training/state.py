@@ -1,7 +1,7 @@
 """Resumable training checkpoints, without pickle.
 
-``<dir>/runtime/`` is a MoL checkpoint (recipe + trainable weights, see
-:mod:`mol.fusion.checkpoint`); ``optimizer.safetensors`` holds every optimizer state tensor
+``<dir>/runtime/`` is the model (a MoL checkpoint with the recipe and trainable weights, see
+:mod:`mol.fusion.checkpoint`, or a ``save_pretrained`` directory); ``optimizer.safetensors`` holds every optimizer state tensor
 (``state.<param>.<name>``) and ``rng.safetensors`` the torch RNG states; ``trainer_state.json``
 holds the rest: step, epoch, position in the epoch, loss and eval history, the scheduler's
 state, the optimizer's parameter groups and its non-tensor state, and the training config.
@@ -47,7 +47,7 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) 
 
 
 def save_training_state(
-    path: str | Path, *, runtime, optimizer, scheduler, progress: dict, config: dict
+    path: str | Path, *, save_model, optimizer, scheduler, progress: dict, config: dict
 ) -> Path:
     """Write a resumable checkpoint to ``path`` (atomically, replacing an older one)."""
     tensors, rest = optimizer_to_flat(optimizer.state_dict())
@@ -55,7 +55,7 @@ def save_training_state(
     if torch.cuda.is_available():
         rng |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
     with atomic_output_dir(path, overwrite=True) as tmp:
-        runtime.save_checkpoint(tmp / "runtime")
+        save_model(tmp / "runtime")
         save_file(tensors, tmp / "optimizer.safetensors", metadata={"format": "pt"})
         save_file(rng, tmp / "rng.safetensors", metadata={"format": "pt"})
         doc = {

@@ -11,6 +11,7 @@ gives the same loss curve as never stopping.
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import logging
 import math
@@ -86,16 +87,27 @@ class _EpochSampler(Sampler[int]):
         return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
+def _logits_and_routing(model: nn.Module, input_ids, attention_mask):
+    """A MoL runtime's logits and routings, or a transformers model's logits (no routings)."""
+    if hasattr(model, "logits_and_routing"):
+        return model.logits_and_routing(input_ids, attention_mask)
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits, []
+
+
 class _Objective(nn.Module):
-    """The runtime plus its loss, so accelerate (DDP) wraps one module with one forward."""
+    """The model plus its loss, so accelerate (DDP) wraps one module with one forward."""
 
     def __init__(self, runtime: nn.Module, config: TrainingConfig) -> None:
         super().__init__()
         self.runtime, self.config = runtime, config
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        logits, routings = self.runtime.logits_and_routing(input_ids, attention_mask)
+        logits, routings = _logits_and_routing(self.runtime, input_ids, attention_mask)
         lm = next_token_loss(logits, input_ids, attention_mask)
+        if not routings:  # a plain transformers model: the next-token loss only
+            zero = lm.new_zeros(())
+            aux = {"load_balancing": zero, "entropy": zero, "z_loss": zero}
+            return lm, lm.detach(), aux, zero.new_zeros(0)
         aux = router_losses(routings)
         c = self.config
         total = training_loss(
@@ -112,20 +124,54 @@ class _Objective(nn.Module):
 class MoLTrainer:
     """Train a :class:`~mol.fusion.runtime.MoLRuntime` (see the module docstring).
 
+    A plain transformers causal LM trains too (next-token loss only), with
+    ``TrainingConfig.trainable_parameters`` naming what trains: e.g. only the gates of an
+    assembled Mixtral MoE. Its checkpoints are ``save_pretrained`` directories.
+
     Args:
-        runtime: a built runtime (embeddings, head and layers set up).
+        runtime: a built runtime (embeddings, head and layers set up), or a causal LM.
         config: a :class:`TrainingConfig` (default: its defaults).
+        tokenizer: for text data with a plain model (default: loaded from its directory).
     """
 
-    def __init__(self, runtime: nn.Module, config: TrainingConfig | None = None) -> None:
+    def __init__(
+        self, runtime: nn.Module, config: TrainingConfig | None = None, *, tokenizer=None
+    ) -> None:
         self.runtime = runtime
         self.config = config or TrainingConfig()
+        self.is_mol = hasattr(runtime, "logits_and_routing")
+        self._tokenizer = tokenizer
         self._set_trainable()
-        self.runtime.gradient_checkpointing = self.config.use_gradient_checkpointing
+        if self.is_mol:
+            self.runtime.gradient_checkpointing = self.config.use_gradient_checkpointing
+        elif self.config.use_gradient_checkpointing:
+            self.runtime.gradient_checkpointing_enable()
+
+    @property
+    def tokenizer(self):
+        """The tokenizer text data is packed with."""
+        if self._tokenizer is None:
+            if self.is_mol:
+                self._tokenizer = self.runtime.tokenizer
+            elif getattr(self.runtime, "name_or_path", ""):
+                from mol.io import load_tokenizer
+
+                self._tokenizer = load_tokenizer(self.runtime.name_or_path)
+            else:
+                raise ConfigError("text data needs a tokenizer: MoLTrainer(model, tokenizer=...)")
+        return self._tokenizer
 
     # -- what trains --------------------------------------------------------------------------
     def _set_trainable(self) -> None:
         c, rt = self.config, self.runtime
+        if c.trainable_parameters is not None:
+            self._set_trainable_by_pattern(c.trainable_parameters)
+            return
+        if not self.is_mol:
+            raise ConfigError(
+                "a plain transformers model trains only what training.trainable_parameters "
+                "names (e.g. ['*.gate.weight'])"
+            )
         chosen = {"embed_in", "head_out"}
         if c.train_embeddings:
             chosen |= {"embed_tokens", "embed_positions"}
@@ -148,6 +194,17 @@ class MoLTrainer:
         ):
             logger.warning("the LM head is tied to the token embeddings: both will train")
             rt.lm_head.weight.requires_grad_(True)
+
+    def _set_trainable_by_pattern(self, patterns: list[str]) -> None:
+        matched = {p: 0 for p in patterns}
+        for name, param in self.runtime.named_parameters():
+            hits = [p for p in patterns if fnmatch.fnmatchcase(name, p)]
+            for p in hits:
+                matched[p] += 1
+            param.requires_grad_(bool(hits))
+        unmatched = [p for p, n in matched.items() if n == 0]
+        if unmatched:
+            raise ConfigError(f"trainable_parameters: no parameter matches {unmatched}")
 
     def parameter_groups(self) -> list[dict]:
         """AdamW groups: routers at ``router_lr``; the rest at ``learning_rate``; no weight
@@ -177,7 +234,7 @@ class MoLTrainer:
     def _loader(self, data) -> tuple[DataLoader, _EpochSampler | None]:
         if isinstance(data, DataLoader):
             return data, None
-        tokenizer = None if isinstance(data, torch.Tensor) else self.runtime.tokenizer
+        tokenizer = None if isinstance(data, torch.Tensor) else self.tokenizer
         blocks = as_blocks(data, tokenizer, self.config.block_size)
         sampler = _EpochSampler(len(blocks), self.config.seed)
         loader = DataLoader(_Blocks(blocks), batch_size=self.config.batch_size, sampler=sampler)
@@ -193,7 +250,7 @@ class MoLTrainer:
         total, count = 0.0, 0
         for batch in loader:
             ids, mask = _unpack(batch)
-            logits, _ = self.runtime.logits_and_routing(ids, mask)
+            logits, _ = _logits_and_routing(self.runtime, ids, mask)
             n = int(
                 ((mask[:, 1:] & mask[:, :-1]).sum()) if mask is not None else ids[:, 1:].numel()
             )
@@ -297,9 +354,7 @@ class MoLTrainer:
                         tracker.log({f"eval/{k}": v for k, v in metrics.items()}, result.steps)
                     if best is None or metrics["loss"] < best:
                         best = metrics["loss"]
-                        result.best_checkpoint = self.runtime.save_checkpoint(
-                            out / "best", overwrite=True
-                        )
+                        result.best_checkpoint = self._save_model(out / "best")
                 if c.save_steps and (result.steps % c.save_steps == 0 or last):
                     at_end = micro == len(loader)
                     here = {
@@ -320,10 +375,22 @@ class MoLTrainer:
         if tracker is not None:
             tracker.close()
         self.runtime.eval()
-        result.final_checkpoint = self.runtime.save_checkpoint(out / "final", overwrite=True)
+        result.final_checkpoint = self._save_model(out / "final")
         if result.best_checkpoint is None:
             result.best_checkpoint = result.final_checkpoint
         return result
+
+    def _save_model(self, path: Path) -> Path:
+        """The model alone: a MoL checkpoint, or a ``save_pretrained`` directory."""
+        if self.is_mol:
+            return self.runtime.save_checkpoint(path, overwrite=True)
+        from mol.io import atomic_output_dir
+
+        with atomic_output_dir(path, overwrite=True) as tmp:
+            self.runtime.save_pretrained(tmp)
+            if self._tokenizer is not None:
+                self._tokenizer.save_pretrained(tmp)
+        return Path(path).absolute()
 
     def _save(self, path: Path, optimizer, scheduler, result: TrainResult, position: dict) -> None:
         progress_doc = {
@@ -338,7 +405,7 @@ class MoLTrainer:
         }
         save_training_state(
             path,
-            runtime=self.runtime,
+            save_model=self._save_model,
             optimizer=optimizer,
             scheduler=scheduler,
             progress=progress_doc,
@@ -349,7 +416,12 @@ class MoLTrainer:
         from mol.fusion.checkpoint import load_trainable_weights
 
         state = load_training_state(path)
-        load_trainable_weights(self.runtime, path / "runtime")
+        if self.is_mol:
+            load_trainable_weights(self.runtime, path / "runtime")
+        else:
+            from mol.io import load_model_safe
+
+            load_model_safe(self.runtime, path / "runtime")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         p = state["progress"]

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -47,6 +47,7 @@ class Zoo:
 
     root: Path
     manifest: dict
+    _held_out: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def spec(self) -> ZooSpec:
@@ -81,9 +82,12 @@ class Zoo:
         )
 
     def held_out_blocks(self, domain: str) -> torch.Tensor:
-        """Held-out text of ``domain`` as ``(N, block_size)`` token blocks."""
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(self.tokenizer_path)
-        return pack_texts(self.corpus(domain).held_out, tokenizer, self.spec.block_size)
+        """Held-out text of ``domain`` as ``(N, block_size)`` token blocks (computed once)."""
+        if domain not in self._held_out:
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(self.tokenizer_path)
+            blocks = pack_texts(self.corpus(domain).held_out, tokenizer, self.spec.block_size)
+            self._held_out[domain] = blocks
+        return self._held_out[domain].clone()
 
 
 def _fingerprint(spec: ZooSpec, corpora: dict[str, Corpus]) -> str:

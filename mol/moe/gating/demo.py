@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from mol._progress import quiet as quiet_progress
 from mol.eval.perplexity import perplexity
 from mol.moe.gating.model import MoEModel
@@ -42,7 +44,8 @@ def gated_moe_demo(zoo, out_dir: str | os.PathLike, *, quiet: bool = True) -> di
         quiet: silence progress bars.
 
     Returns:
-        ``{"gate_test_f1": float, "ppl": {"code": float, "prose": float}}``.
+        ``{"gate_test_f1": float, "ppl": {domain: float}, "routing": {domain: float}}``,
+        routing being the fraction of held-out blocks whose top gate expert is their domain's.
     """
     out_dir = Path(out_dir)
     with quiet_progress(quiet):
@@ -60,8 +63,11 @@ def gated_moe_demo(zoo, out_dir: str | os.PathLike, *, quiet: bool = True) -> di
         built.save_pretrained(out_dir / "moe")
         del built
         model = MoEModel.from_pretrained(out_dir / "moe")
-        ppl = {
-            domain: perplexity(model, zoo.held_out_blocks(domain), desc=f"gated moe on {domain}")
-            for domain in ("code", "prose")
-        }
-    return {"gate_test_f1": float(info["test"]["f1"]), "ppl": ppl}
+        blocks = {domain: zoo.held_out_blocks(domain) for domain in ("code", "prose")}
+        ppl = {d: perplexity(model, b, desc=f"gated moe on {d}") for d, b in blocks.items()}
+        with torch.no_grad():  # each held-out block is one prompt: is it sent to its expert?
+            routing = {
+                d: float((model.gate_probs_for(b).argmax(dim=-1) == own).float().mean())
+                for own, (d, b) in enumerate(blocks.items())
+            }
+    return {"gate_test_f1": float(info["test"]["f1"]), "ppl": ppl, "routing": routing}
