@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mol._errors import ConfigError
 
-__all__ = ["pack_texts", "as_blocks", "read_texts", "zoo_texts"]
+__all__ = ["pack_texts", "as_blocks", "read_jsonl", "read_texts", "zoo_texts"]
 
 
 def pack_texts(
@@ -89,6 +89,12 @@ def read_texts(path: str | os.PathLike) -> list[str]:
         raise ConfigError(f"{path}: no such file (and not a zoo:<size>/<domain> dataset name)")
     if path.suffix != ".jsonl":
         return [path.read_text(encoding="utf-8")]
+    return read_jsonl(path)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[str]:
+    """The ``text`` field of every record of a JSONL file (blank lines skipped)."""
+    path = Path(path)
     texts = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -96,7 +102,7 @@ def read_texts(path: str | os.PathLike) -> list[str]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{n}: not JSON ({exc.msg})") from None
+            raise ConfigError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise ConfigError(f"{path}:{n}: each line needs a string 'text' field")
         texts.append(record["text"])

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from mol._errors import ConfigError, closest_match_hint
+from mol.training.data import read_jsonl
 
 __all__ = ["TextSource", "load_source", "split_document", "data_fingerprint"]
 
@@ -131,16 +131,4 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _read_jsonl(path: Path) -> list[str]:
-    examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}:{number}: not valid JSON ({err})") from err
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise ConfigError(f"{path}:{number}: each JSONL record needs a string 'text' field")
-        if record["text"].strip():
-            examples.append(record["text"])
-    return examples
+    return [text for text in read_jsonl(path) if text.strip()]
