@@ -26,12 +26,12 @@ def cli() -> None:
     type=click.Path(file_okay=False),
     default="mol-demo",
     show_default=True,
-    help="Where merges and results.json / results.md go.",
+    help="Where results.json / results.md, merges, MoEs and routing plots go.",
 )
 @quiet_option
 @fail_cleanly
 def demo(size: str, out: str, quiet: bool) -> None:
-    """Build (or reuse) the zoo, merge its experts, print held-out perplexity per domain."""
+    """Build (or reuse) the zoo; merge, fuse and mix its experts; print held-out perplexity."""
     from mol.demo import format_table, run_demo
 
     setup_output(quiet)
