@@ -189,8 +189,11 @@ def test_gated_moe_demo_on_the_micro_zoo(micro_zoo, tmp_path):
     from mol.moe.gating.demo import gated_moe_demo
 
     result = gated_moe_demo(micro_zoo, tmp_path)
-    assert set(result) == {"gate_test_f1", "ppl"} and set(result["ppl"]) == {"code", "prose"}
+    assert set(result) == {"gate_test_f1", "ppl", "routing"}
+    assert set(result["ppl"]) == set(result["routing"]) == {"code", "prose"}
     assert result["gate_test_f1"] > 0.85
+    # most held-out blocks are sent to their own domain's expert
+    assert all(result["routing"][d] > 0.6 for d in ("code", "prose")), result["routing"]
     for domain in ("code", "prose"):  # routed per block, the MoE is about its matching expert
         expert = micro_zoo.perplexity(f"expert-{domain}", domain)
         assert result["ppl"][domain] < expert * 1.05
