@@ -96,6 +96,8 @@ def top_k_renormalise(probs: torch.Tensor, k: int | None) -> torch.Tensor:
         return probs
     if k < 1:
         raise ValueError(f"top_k must be >= 1, got {k}")
+    if k == 1:  # p / p: exactly 1 at the argmax
+        return torch.zeros_like(probs).scatter_(-1, probs.argmax(dim=-1, keepdim=True), 1.0)
     values, index = probs.topk(k, dim=-1)
     kept = torch.zeros_like(probs).scatter(-1, index, values)
     return kept / kept.sum(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -118,8 +120,10 @@ class _Router(nn.Module):
         nn.init.zeros_(self.gate.bias)
 
     def _route(self, features: torch.Tensor, mask: torch.Tensor) -> RouterOutput:
-        logits = self.gate(features) / self.temperature
-        probs = torch.softmax(logits.float(), dim=-1).to(logits.dtype)
+        logits = self.gate(features)  # a module call: accelerate's offload hooks run
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(logits.dtype)
         weights = top_k_renormalise(probs, self.top_k) * mask.unsqueeze(-1).to(probs.dtype)
         return RouterOutput(weights, probs, logits, mask)
 
