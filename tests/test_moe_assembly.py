@@ -2,8 +2,9 @@
 
 Oracles: identical experts reproduce the dense base exactly; one expert with top-1 reproduces
 that expert; each exported expert computes its dense MLP; transformers loads the output with no
-missing or unexpected keys and writes the same keys back; hidden gates match a direct
-computation.
+missing or unexpected keys and writes the same keys back; the ``fused`` layout is exactly the
+target class's own state dict and the ``per_expert`` layout computes the same logits; hidden
+gates match a direct computation.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from mol._errors import CheckpointMismatchError, ConfigError, UnsupportedArchitectureError
 from mol.cli.merge import cli
@@ -124,28 +125,71 @@ def test_one_expert_top1_reproduces_that_expert(zoo, tmp_path, family):
     torch.testing.assert_close(_logits(avg.path), _logits(m["full"]), atol=1e-5, rtol=1e-5)
 
 
+CLASS = {
+    "mixtral": "MixtralForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+}
+# Layer 0's router and first expert tensor in the per_expert layout.
+PER_EXPERT_NAMES = {
+    "mixtral": (
+        "model.layers.0.block_sparse_moe.gate.weight",
+        "model.layers.0.block_sparse_moe.experts.0.w1.weight",
+    ),
+    "qwen2_moe": (
+        "model.layers.0.mlp.gate.weight",
+        "model.layers.0.mlp.experts.0.gate_proj.weight",
+    ),
+    "qwen3_moe": (
+        "model.layers.0.mlp.gate.weight",
+        "model.layers.0.mlp.experts.0.gate_proj.weight",
+    ),
+}
+
+
+def _meta_state_dict_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The target class's own parameter names and shapes, for the config we wrote."""
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
 @pytest.mark.parametrize("family", list(TARGET))
-def test_loads_cleanly_generates_and_keeps_the_canonical_layout(zoo, tmp_path, family):
+def test_both_layouts_load_cleanly_generate_and_agree(zoo, tmp_path, family):
     m = zoo[family]
-    result = build_moe(_config(m["base"], [m["e1"], m["e2"]]), tmp_path / "moe")
-    model, info = AutoModelForCausalLM.from_pretrained(
-        result.path, dtype=torch.float32, output_loading_info=True
-    )
-    assert (
-        type(model).__name__
-        == {
-            "mixtral": "MixtralForCausalLM",
-            "qwen2_moe": "Qwen2MoeForCausalLM",
-            "qwen3_moe": "Qwen3MoeForCausalLM",
-        }[TARGET[family]]
-    )
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    assert not info["mismatched_keys"]
-    generated = model.generate(IDS[:1], max_new_tokens=5, do_sample=False)
-    assert generated.shape == (1, IDS.shape[1] + 5)
-    # transformers writes back exactly the keys and shapes we wrote.
-    model.save_pretrained(tmp_path / "resaved")
-    assert _shapes(tmp_path / "resaved") == _shapes(result.path)
+    arch = TARGET[family]
+    logits = {}
+    for layout in ("fused", "per_expert"):
+        config = _config(m["base"], [m["e1"], m["e2"]], gate_mode="random", layout=layout)
+        result = build_moe(config, tmp_path / layout)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            result.path, dtype=torch.float32, output_loading_info=True
+        )
+        assert type(model).__name__ == CLASS[arch]
+        assert not info["missing_keys"] and not info["unexpected_keys"], layout
+        assert not info["mismatched_keys"], layout
+        with torch.no_grad():
+            logits[layout] = model(IDS).logits
+        written = _shapes(result.path)
+        if layout == "fused":
+            # Exactly the class's own parameters: no conversion on load.
+            assert written == _meta_state_dict_shapes(result.path)
+            assert written["model.layers.0.mlp.experts.gate_up_proj"] == (2, 2 * 48, 32)
+            assert written["model.layers.0.mlp.experts.down_proj"] == (2, 32, 48)
+            assert written["model.layers.0.mlp.gate.weight"] == (2, 32)
+            generated = model.generate(IDS[:1], max_new_tokens=5, do_sample=False)
+            assert generated.shape == (1, IDS.shape[1] + 5)
+        else:
+            router, first = PER_EXPERT_NAMES[arch]
+            assert written[router] == (2, 32) and written[first] == (48, 32)
+            assert not [k for k in written if k.endswith(("gate_up_proj", "experts.down_proj"))]
+        # transformers writes back exactly the keys and shapes we wrote, in either layout.
+        model.save_pretrained(tmp_path / f"{layout}-resaved")
+        assert _shapes(tmp_path / f"{layout}-resaved") == written
+        assert json.loads((result.path / "mol_moe.json").read_text())["layout"] == layout
+    # The same experts and gates, only stored differently: the same model.
+    torch.testing.assert_close(logits["fused"], logits["per_expert"], atol=0.0, rtol=0.0)
     assert (result.path / "tokenizer.json").is_file()
     cfg = json.loads((result.path / "config.json").read_text())
     assert cfg["num_experts_per_tok"] == 2
@@ -267,8 +311,13 @@ def test_seed_api_runs_saves_and_counts_parameters(zoo, tmp_path, capsys):
     assert counts.total == sum(p.numel() for p in dense.parameters()) + 2 * mlp + routers
     assert counts.active == sum(p.numel() for p in dense.parameters()) + mlp + routers
     assert count_parameters(dense).active == count_parameters(dense).total
-    backbone = MixtralMoEMergingAlgorithm(experts_per_token=1).run(pool)
+    # The default layout is the class's own; layout= selects the per-expert one.
+    assert "model.layers.0.mlp.experts.gate_up_proj" in _shapes(tmp_path / "saved")
+    backbone = MixtralMoEMergingAlgorithm(
+        experts_per_token=1, layout="per_expert", save_checkpoint=tmp_path / "per_expert"
+    ).run(pool)
     assert type(backbone).__name__ == "MixtralModel"
+    assert "model.layers.0.block_sparse_moe.experts.2.w3.weight" in _shapes(tmp_path / "per_expert")
 
 
 def test_api_rejects_prompts_for_unknown_expert(zoo):
@@ -297,6 +346,7 @@ def test_cli_assembles_and_fails_cleanly(zoo, tmp_path):
         "gate_mode": "hidden",
         "experts_per_token": 1,
         "dtype": "float32",
+        "layout": "per_expert",
         "experts": [
             {"source_model": m["e1"], "positive_prompts": PROMPTS["code"]},
             {
@@ -313,6 +363,7 @@ def test_cli_assembles_and_fails_cleanly(zoo, tmp_path):
     assert "qwen3_moe MoE with 2 experts" in res.output
     _, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert "model.layers.1.mlp.experts.1.down_proj.weight" in _shapes(out)  # layout: per_expert
     # Existing output without --overwrite: refused, untouched.
     before = sorted(p.name for p in out.iterdir())
     res = runner.invoke(cli, ["moe", str(_yaml(tmp_path, data)), str(out), "-q"])
@@ -339,6 +390,11 @@ def test_cli_assembles_and_fails_cleanly(zoo, tmp_path):
         ({"gate_mode": "hiden"}, "gate_mode: 'hiden' is not one of .*did you mean 'hidden'"),
         ({"architecture": "mixtrall"}, "architecture: .*did you mean 'mixtral'"),
         ({"dtype": "fp8"}, "dtype: 'fp8'"),
+        (
+            {"layout": "fussed"},
+            "layout: 'fussed' is not one of fused, per_expert .*did you mean 'fused'",
+        ),
+        ({"layout": 2}, "layout: 2 is not one of fused, per_expert"),
         ({"experts_per_token": 3}, "experts_per_token: 3 is more than the 2 experts"),
         ({"experts_per_token": 0}, "experts_per_token: expected a positive integer"),
         ({"experts": []}, "experts: at least one expert"),

@@ -31,7 +31,7 @@ from mol.zoo import DOMAINS, Zoo, cache_root
 
 __all__ = ["GATE_PROMPTS", "moe_rows"]
 
-_VERSION = 2  # bump to retrain cached demo gates
+_VERSION = 3  # bump to retrain cached demo gates
 _OWN = {"code": 0, "prose": 1}
 
 # The hidden-state gate prompts: what each expert should receive.

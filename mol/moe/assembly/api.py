@@ -40,6 +40,9 @@ class MixtralForCausalLMMergingAlgorithm:
         negative_prompts: expert name -> prompts that should not.
         architecture: ``mixtral``, ``qwen2_moe``, ``qwen3_moe``; None infers it from the base.
         hidden_pooling, shared_parts, seed: see :class:`~mol.moe.assembly.MoEConfig`.
+        layout: ``fused`` (default: the installed transformers class's own parameter names
+            and shapes) or ``per_expert`` (one tensor per expert, for transformers 4 and
+            serving engines); see :class:`~mol.moe.assembly.MoEConfig`.
         overwrite: replace a non-empty ``save_checkpoint``.
         device: where the ``hidden`` gate prompts run.
     """
@@ -56,6 +59,7 @@ class MixtralForCausalLMMergingAlgorithm:
         hidden_pooling: str = "last",
         shared_parts: str = "base",
         seed: int = 0,
+        layout: str = "fused",
         overwrite: bool = False,
         device: str = "cpu",
     ) -> None:
@@ -68,6 +72,7 @@ class MixtralForCausalLMMergingAlgorithm:
         self.hidden_pooling = hidden_pooling
         self.shared_parts = shared_parts
         self.seed = seed
+        self.layout = layout
         self.overwrite = overwrite
         self.device = device
 
@@ -108,6 +113,7 @@ class MixtralForCausalLMMergingAlgorithm:
             shared_parts=self.shared_parts,
             seed=self.seed,
             tokenizer=pool.tokenizer,
+            layout=self.layout,
         )
 
     def run(self, pool: CausalLMPool):

@@ -7,6 +7,7 @@ A YAML file looks like mergekit-moe's::
     gate_mode: hidden              # hidden | cheap_embed | random | uniform_random
     experts_per_token: 2
     dtype: bfloat16
+    layout: fused                  # fused (transformers 5) | per_expert (transformers 4, engines)
     experts:
       - source_model: path/to/code-expert
         positive_prompts: ["def main():"]
@@ -35,6 +36,7 @@ __all__ = [
     "GateMode",
     "HiddenPooling",
     "SharedParts",
+    "Layout",
     "ExpertConfig",
     "MoEConfig",
     "load_moe_config",
@@ -45,9 +47,11 @@ GateMode = Literal["hidden", "cheap_embed", "random", "uniform_random"]
 HiddenPooling = Literal["last", "mean"]
 SharedParts = Literal["base", "average"]
 DType = Literal["float32", "float16", "bfloat16"]
+Layout = Literal["fused", "per_expert"]
 
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 GATE_MODES: tuple[str, ...] = get_args(GateMode)
+LAYOUTS: tuple[str, ...] = get_args(Layout)
 PROMPT_GATE_MODES = ("hidden", "cheap_embed")
 
 
@@ -120,6 +124,13 @@ class MoEConfig:
         seed: for the random gate modes.
         tokenizer: tokenizer for the prompts; None uses the base model's.
         prompt_batch_size: prompts per forward pass in ``hidden`` mode (bounds memory).
+        layout: expert tensors on disk. ``fused``: exactly the installed transformers class's
+            own parameters (``mlp.experts.gate_up_proj`` ``(E, 2*I, H)``,
+            ``mlp.experts.down_proj`` ``(E, H, I)``, router ``mlp.gate.weight``), what
+            transformers 5 loads without conversion. ``per_expert``: one ``nn.Linear`` tensor
+            per expert and projection (Mixtral ``block_sparse_moe.experts.{e}.w1|w3|w2``, Qwen
+            ``mlp.experts.{e}.gate_proj|up_proj|down_proj``), for transformers 4 and serving
+            engines. See :mod:`mol.moe.assembly.layout`.
     """
 
     base_model: str
@@ -133,6 +144,7 @@ class MoEConfig:
     seed: int = 0
     tokenizer: str | None = None
     prompt_batch_size: int = 8
+    layout: Layout = "fused"
 
     def __post_init__(self) -> None:
         if not isinstance(self.base_model, str) or not self.base_model:
@@ -159,6 +171,7 @@ class MoEConfig:
         if self.tokenizer is not None and not isinstance(self.tokenizer, str):
             raise ConfigError(f"tokenizer: expected a path, got {self.tokenizer!r}")
         _positive_int(self.prompt_batch_size, "prompt_batch_size")
+        _choice(self.layout, LAYOUTS, "layout")
         if self.gate_mode in PROMPT_GATE_MODES:
             for i, expert in enumerate(experts):
                 if not expert.positive_prompts:

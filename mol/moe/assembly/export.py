@@ -34,8 +34,8 @@ from mol.moe.assembly.layout import (
     TARGETS,
     TargetSpec,
     dense_mlp_name,
-    expert_checkpoint_tensors,
     is_dense_mlp,
+    layer_expert_tensors,
     router_checkpoint_name,
     shared_expert_checkpoint_tensors,
 )
@@ -96,7 +96,8 @@ class MoEPlan:
         expert_dirs: resolved expert directories, in router order.
         out_config: the target transformers config (``num_experts``, top-k... set).
         dtype: output dtype.
-        tensors: the on-disk tensors to write, in order, as announced to the writer.
+        tensors: the checkpoint tensors to write (in ``config.layout``), in order, as announced
+            to the writer.
         allow_pickle: whether trusted ``.bin`` inputs may be read.
     """
 
@@ -221,8 +222,13 @@ def _build_out_config(target: TargetSpec, base_cfg, config: MoEConfig, dtype: to
     return out
 
 
-def _expected_checkpoint(target: TargetSpec, out_config) -> dict[str, tuple[int, ...]]:
-    """On-disk names and shapes the target class loads, derived from the class itself."""
+def _expected_checkpoint(target: TargetSpec, out_config, layout: str) -> dict[str, tuple[int, ...]]:
+    """Checkpoint names and shapes the target class loads, derived from the class itself.
+
+    ``fused``: the class's meta-device ``state_dict()`` as it is (a tied head excluded).
+    ``per_expert``: the same with each layer's fused experts and router renamed and split the
+    way transformers' checkpoint conversion maps them.
+    """
     import transformers
 
     cls = getattr(transformers, target.class_name)
@@ -233,7 +239,9 @@ def _expected_checkpoint(target: TargetSpec, out_config) -> dict[str, tuple[int,
         if name == "lm_head.weight" and out_config.tie_word_embeddings:
             continue
         shape = tuple(tensor.shape)
-        if name.endswith(".mlp.experts.gate_up_proj"):
+        if layout == "fused":
+            expected[name] = shape
+        elif name.endswith(".mlp.experts.gate_up_proj"):
             layer = name.removesuffix(".mlp.experts.gate_up_proj")
             num, two_i, hidden = shape
             mlp = {
@@ -294,8 +302,10 @@ def plan_moe(config: MoEConfig, *, allow_pickle: bool = False) -> MoEPlan:
 
     dtype = _DTYPES[config.dtype] if config.dtype else embed_dtype
     out_config = _build_out_config(target, base_cfg, config, dtype)
-    tensors = _plan_tensors(target, base_cfg, base_shapes, len(config.experts), dtype)
-    expected = _expected_checkpoint(target, out_config)
+    tensors = _plan_tensors(
+        target, base_cfg, base_shapes, len(config.experts), dtype, config.layout
+    )
+    expected = _expected_checkpoint(target, out_config, config.layout)
     planned = {t.name: t.shape for t in tensors}
     missing = sorted(set(expected) - set(planned))
     extra = sorted(set(planned) - set(expected))
@@ -320,6 +330,7 @@ def _plan_tensors(
     base_shapes: dict[str, tuple[int, ...]],
     num_experts: int,
     dtype: torch.dtype,
+    layout: str,
 ) -> list[PlannedTensor]:
     tied = bool(getattr(base_cfg, "tie_word_embeddings", False))
     hidden, inter = base_cfg.hidden_size, base_cfg.intermediate_size
@@ -336,11 +347,12 @@ def _plan_tensors(
                 raise CheckpointMismatchError(f"base model has no dense MLP tensor {name!r}")
             mlp[p] = torch.empty(base_shapes[name], device="meta")
         out.append(
-            PlannedTensor(router_checkpoint_name(target, layer), (num_experts, hidden), dtype)
+            PlannedTensor(
+                router_checkpoint_name(target, layer, layout), (num_experts, hidden), dtype
+            )
         )
-        for e in range(num_experts):
-            for name, t in expert_checkpoint_tensors(target, layer, e, mlp).items():
-                out.append(PlannedTensor(name, tuple(t.shape), dtype))
+        for name, t in layer_expert_tensors(target, layer, [mlp] * num_experts, layout).items():
+            out.append(PlannedTensor(name, tuple(t.shape), dtype))
         if target.has_shared_expert:
             for name, t in shared_expert_checkpoint_tensors(
                 layer, hidden, inter, torch.float32
@@ -495,17 +507,23 @@ def _layer_tensors(
     experts: list[LazyCheckpoint],
     cfg,
 ) -> dict[str, torch.Tensor]:
-    """When ``name`` is a layer's router, that layer's router, experts and shared expert."""
-    target = plan.target
+    """When ``name`` is a layer's router, that layer's router, experts and shared expert.
+
+    One layer of every expert's MLP is in memory at a time (twice over for ``fused``, while
+    the experts are stacked); the caller hands the tensors to the writer and drops them.
+    """
+    target, layout = plan.target, plan.config.layout
     for layer in range(cfg.num_hidden_layers):
-        if name == router_checkpoint_name(target, layer):
+        if name == router_checkpoint_name(target, layer, layout):
             break
     else:
         return {}
     tensors = {name: gates[layer]}
-    for e, ckpt in enumerate(experts):
-        mlp = {p: ckpt.get_tensor(dense_mlp_name(layer, p)) for p in DENSE_MLP_PROJECTIONS}
-        tensors.update(expert_checkpoint_tensors(target, layer, e, mlp))
+    mlps = [
+        {p: ckpt.get_tensor(dense_mlp_name(layer, p)) for p in DENSE_MLP_PROJECTIONS}
+        for ckpt in experts
+    ]
+    tensors.update(layer_expert_tensors(target, layer, mlps, layout))
     if target.has_shared_expert:
         tensors.update(
             shared_expert_checkpoint_tensors(
@@ -581,6 +599,7 @@ def build_moe(
                     "gate_mode": config.gate_mode,
                     "experts_per_token": config.experts_per_token,
                     "shared_parts": config.shared_parts,
+                    "layout": config.layout,
                 },
                 indent=2,
             )
