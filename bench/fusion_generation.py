@@ -8,8 +8,8 @@ zoo experts and (``--wide``) for two random Llama models of a realistic width:
   the simple (causal pooled) router keeping one expert per position;
 * ``mol token-level dense``: the same layers, a token-level router mixing both experts.
 
-For 64 and 256 new tokens it reports the median wall time over ``--repeats`` runs (after one
-warm-up), tokens per second, the ratio of each runtime's speed to the single model's, and how
+For 64 and 256 new tokens it reports the median wall time over ``--repeats`` rounds (after one
+warm-up; each round runs every generator once, in turn), tokens per second, the ratio of each runtime's speed to the single model's, and how
 the time grows from 64 to 256 tokens (linear growth is 4x). The routers are untrained (seeded
 initialisation), which is what a freshly built runtime runs.
 
@@ -70,21 +70,29 @@ def fused(code: str, prose: str, router_type: str, top_k: int | None) -> MoLRunt
     return runtime.eval()
 
 
-def timed(generate, ids: torch.Tensor, new_tokens: int, repeats: int) -> float:
-    """Median wall seconds of ``generate`` over ``repeats`` runs, after one warm-up."""
+def timed(generators: dict, ids: torch.Tensor, new_tokens: int, repeats: int) -> dict:
+    """Median wall seconds per generator over ``repeats`` rounds, after one warm-up each.
+
+    Each round runs every generator once, in turn, so a slow spell of the machine hits all
+    of them alike.
+    """
     kwargs = dict(
         max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0
     )
+    times: dict[str, list[float]] = {name: [] for name in generators}
     with torch.inference_mode():
-        out = generate(ids, **kwargs)
-        if out.shape[1] != ids.shape[1] + new_tokens:
-            raise RuntimeError(f"generated {out.shape[1] - ids.shape[1]} tokens, not {new_tokens}")
-        times = []
+        for generate in generators.values():
+            out = generate(ids, **kwargs)
+            if out.shape[1] != ids.shape[1] + new_tokens:
+                raise RuntimeError(
+                    f"generated {out.shape[1] - ids.shape[1]} tokens, not {new_tokens}"
+                )
         for _ in range(repeats):
-            start = time.perf_counter()
-            generate(ids, **kwargs)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            for name, generate in generators.items():
+                start = time.perf_counter()
+                generate(ids, **kwargs)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def wide_pair(hidden: int) -> tuple[str, str]:
@@ -124,14 +132,12 @@ def run(
         f"{label}: mol simple top-1": fused(code, prose, "simple", 1).generate,
         f"{label}: mol token-level dense": fused(code, prose, "token_level", None).generate,
     }
-    results = []
-    for name, generate in generators.items():
-        result = Result(name)
-        for n in counts:
-            result.seconds[n] = timed(generate, ids, n, repeats)
-            print(f"{name}: {n} new tokens in {result.seconds[n]:.3f} s", file=sys.stderr)
-        results.append(result)
-    return results
+    results = {name: Result(name) for name in generators}
+    for n in counts:
+        for name, seconds in timed(generators, ids, n, repeats).items():
+            results[name].seconds[n] = seconds
+            print(f"{name}: {n} new tokens in {seconds:.3f} s", file=sys.stderr)
+    return list(results.values())
 
 
 def table(groups: list[list[Result]], counts: list[int], note: str, repeats: int) -> str:
@@ -154,16 +160,17 @@ def table(groups: list[list[Result]], counts: list[int], note: str, repeats: int
                 cells.append(f"{r.seconds[n]:.3f} | {r.tokens_per_second(n):.0f} | {ratio:.2f}x")
             growth = r.seconds[hi] / r.seconds[lo]
             lines.append(f"| {r.name} | " + " | ".join(cells) + f" | {growth:.2f} |")
-    results = groups[0]  # the targets are about the zoo experts
+    results = groups[0]  # the targets are about the zoo experts and the MoL runtimes
     single, top1 = results[0], results[1]
     worst = min(top1.tokens_per_second(n) / single.tokens_per_second(n) for n in counts)
-    growth = max(r.seconds[hi] / r.seconds[lo] for r in results)
+    growth = max(r.seconds[hi] / r.seconds[lo] for r in results[1:])
     lines += [
         "",
         f"Targets: simple top-1 at least {TOP1_TARGET}x the single model "
         f"({'met' if worst >= TOP1_TARGET else 'not met'}: {worst:.2f}x at worst); "
-        f"time for {hi} tokens at most {GROWTH_TARGET}x the time for {lo} "
-        f"({'met' if growth <= GROWTH_TARGET else 'not met'}: {growth:.2f}x at worst).",
+        f"a MoL runtime's time for {hi} tokens at most {GROWTH_TARGET}x its time for {lo} "
+        f"({'met' if growth <= GROWTH_TARGET else 'not met'}: {growth:.2f}x at worst; the "
+        f"single model: {single.seconds[hi] / single.seconds[lo]:.2f}x).",
     ]
     return "\n".join(lines)
 
