@@ -49,6 +49,21 @@ class _RunByDefault(click.Group):
         return super().parse_args(ctx, args)
 
 
+_out_shard_size = click.option(
+    "--out-shard-size",
+    default="5GB",
+    show_default=True,
+    callback=lambda c, p, v: parse_size(v),
+    help="Largest output shard.",
+)
+_overwrite = click.option(
+    "--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty."
+)
+_allow_pickle = click.option(
+    "--allow-pickle", is_flag=True, help="Read trusted .bin (pickle) checkpoints."
+)
+
+
 @click.group(cls=_RunByDefault, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Merge models from a mergekit-compatible YAML: mol-merge CONFIG OUT [options]."""
@@ -59,16 +74,10 @@ def cli() -> None:
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--dtype", default=None, help="Compute dtype (overrides the YAML's dtype).")
-@click.option(
-    "--out-shard-size",
-    default="5GB",
-    show_default=True,
-    callback=lambda c, p, v: parse_size(v),
-    help="Largest output shard.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@_out_shard_size
+@_overwrite
 @click.option("--trust-remote-code", is_flag=True, help="Allow the models' own Python code.")
-@click.option("--allow-pickle", is_flag=True, help="Read trusted .bin (pickle) checkpoints.")
+@_allow_pickle
 @click.option("--verbose", "-v", is_flag=True, help="Log every tensor.")
 @quiet_option
 @fail_cleanly
@@ -154,15 +163,9 @@ def examples(directory: str, size: str, quiet: bool) -> None:
 @click.option(
     "--device", default="cpu", show_default=True, help="Where hidden-state gate prompts run."
 )
-@click.option(
-    "--out-shard-size",
-    default="5GB",
-    show_default=True,
-    callback=lambda c, p, v: parse_size(v),
-    help="Largest output shard.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
-@click.option("--allow-pickle", is_flag=True, help="Read trusted .bin (pickle) checkpoints.")
+@_out_shard_size
+@_overwrite
+@_allow_pickle
 @quiet_option
 @fail_cleanly
 def moe(
