@@ -54,10 +54,13 @@ from mol.moe.assembly import (
     MixtralMoEMergingAlgorithm,
     print_parameters,
 )
+from mol.moe.gating import MoEInference, MoEModel
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MoEInference",
+    "MoEModel",
     "CausalLMPool",
     "MixtralForCausalLMMergingAlgorithm",
     "MixtralMoEMergingAlgorithm",
