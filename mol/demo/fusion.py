@@ -70,7 +70,16 @@ def demo_fusions(size: str) -> list[FusionRecipe]:
     own = (("code", 0), ("prose", 1))
     return [
         FusionRecipe("fusion-experts", ("expert-code", "expert-prose"), own, steps, batch),
-        FusionRecipe("fusion-gpt2+prose", ("gpt2-code", "expert-prose"), own, steps, batch),
+        # the adapters between widths start far from useful: they get larger learning rates
+        FusionRecipe(
+            "fusion-gpt2+prose",
+            ("gpt2-code", "expert-prose"),
+            own,
+            steps,
+            batch,
+            learning_rate=3e-3,
+            router_learning_rate=3e-2,
+        ),
     ]
 
 
