@@ -94,10 +94,9 @@ class TrainingConfig:
             raise ConfigError(
                 f"gradient_clip_norm must be positive or None, got {self.gradient_clip_norm!r}"
             )
-        for name in ("weight_decay", "warmup_steps", "entropy_penalty_coeff"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("load_balancing_coeff", "router_z_loss_coeff"):
+        non_negative = ("weight_decay", "warmup_steps", "entropy_penalty_coeff")
+        non_negative += ("load_balancing_coeff", "router_z_loss_coeff")
+        for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not self.use_safetensors:
